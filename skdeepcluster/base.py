@@ -1,0 +1,295 @@
+"""BaseDeepClusterer: the sklearn plumbing and the training driver shared by all estimators.
+
+A method subclass provides:
+
+* ``_fit(X, kind, device, generator)``: builds ``self.module_`` (one ``torch.nn.Module`` holding
+  every learned network) and trains it, running its stages through ``_run_epochs``;
+* ``_proba_tensor(batch)`` and ``_transform_tensor(batch)``: inference on one float32 batch
+  already on the module's device; ``_predict_tensor`` defaults to the argmax of the former.
+
+The base validates input, seeds everything, picks the device, batches inference, records
+``history_``, prints progress, warns about degenerate clusterings and pickles to CPU.
+"""
+
+import copy
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._tags import TransformerTags
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .data import batch_to_tensor, check_images, is_image_array, iterate_batches
+
+__all__ = ["BaseDeepClusterer", "resolve_device"]
+
+
+def resolve_device(device):
+    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other values are checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} was asked for but CUDA is not available; use "
+            "device='auto' or 'cpu' (e.g. set_params(device='cpu') on a model loaded from disk)."
+        )
+    return device
+
+
+class BaseDeepClusterer(ClusterMixin, BaseEstimator):
+    """Base class of the deep clustering estimators. Not for direct use.
+
+    Parameters shared by every estimator: ``n_clusters``, ``backbone``, ``max_epochs``,
+    ``batch_size``, ``lr``, ``weight_decay``, ``device``, ``random_state``, ``verbose``.
+    """
+
+    _parameter_constraints: dict = {
+        "n_clusters": [Interval(Integral, 2, None, closed="left")],
+        "backbone": [torch.nn.Module, None],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "device": [StrOptions({"auto", "cpu", "cuda"}), str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    #: Fraction of the asked clusters below which a fitted clustering is called degenerate.
+    _min_cluster_usage = 0.5
+
+    # ------------------------------------------------------------------ sklearn plumbing
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # transform returns float32 whatever the input dtype.
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
+        tags.input_tags.allow_nan = False
+        return tags
+
+    def _validate_input(self, X, *, reset):
+        """Validate X; return a float 2-d array (features) or an (n, C, H, W) view (images)."""
+        if is_image_array(X):
+            images = check_images(X)
+            if reset:
+                self.input_kind_ = "images"
+                self.input_shape_ = tuple(int(s) for s in images.shape[1:])
+                self.n_features_in_ = int(np.prod(self.input_shape_))
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+            else:
+                self._check_same_kind("images")
+                if tuple(images.shape[1:]) != self.input_shape_:
+                    raise ValueError(
+                        f"X has images of shape (C, H, W)={tuple(images.shape[1:])}, but "
+                        f"{type(self).__name__} was fitted on {self.input_shape_}."
+                    )
+            return images
+        features = validate_data(self, X, reset=reset, dtype=[np.float32, np.float64])
+        if reset:
+            self.input_kind_ = "features"
+            self.input_shape_ = (features.shape[1],)
+        else:
+            self._check_same_kind("features")
+        return features
+
+    def _check_same_kind(self, kind):
+        if kind != self.input_kind_:
+            raise ValueError(
+                f"X holds {kind}, but {type(self).__name__} was fitted on {self.input_kind_}."
+            )
+
+    # ------------------------------------------------------------------ fitting
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the clusterer on X. Labels ``y`` are ignored (accepted for Pipeline/CV use).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or image array
+            Features, or images of shape (n, H, W), (n, H, W, C) or (n, C, H, W).
+        y : Ignored
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        X = self._validate_input(X, reset=True)
+        n_samples = X.shape[0]
+        if self.n_clusters > n_samples:
+            raise ValueError(
+                f"n_clusters={self.n_clusters} is larger than n_samples={n_samples}: "
+                "there must be at least one sample per cluster."
+            )
+        self._check_fit_params(X)
+        device = resolve_device(self.device)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        self.history_ = []
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            np_state = np.random.get_state()
+            np.random.seed(seed)  # faiss' Python helpers draw from numpy's global state
+            try:
+                generator = torch.Generator().manual_seed(seed)
+                self._fit(X, device, generator)
+            finally:
+                np.random.set_state(np_state)
+        self.labels_ = self._apply_batched(X, self._predict_tensor).astype(np.int64)
+        self._warn_if_degenerate(self.labels_)
+        return self
+
+    def _check_fit_params(self, X):
+        """Method-specific checks of parameters against the data, before any training."""
+
+    def _fit(self, X, device, generator):
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _run_epochs(self, stage, n_epochs, run_epoch):
+        """Run ``run_epoch(epoch) -> dict`` ``n_epochs`` times, record and report each epoch."""
+        started = time.perf_counter()
+        report_every = 1 if self.verbose > 1 else max(1, n_epochs // 20)
+        for epoch in range(n_epochs):
+            epoch_start = time.perf_counter()
+            record = run_epoch(epoch)
+            seconds = time.perf_counter() - epoch_start
+            entry = {"stage": stage, "epoch": epoch + 1, **record, "seconds": seconds}
+            self.history_.append(entry)
+            if self.verbose and ((epoch + 1) % report_every == 0 or epoch + 1 == n_epochs):
+                elapsed = time.perf_counter() - started
+                eta = elapsed / (epoch + 1) * (n_epochs - epoch - 1)
+                terms = "  ".join(
+                    f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, (int, float))
+                )
+                print(
+                    f"[{type(self).__name__}] {stage} epoch {epoch + 1}/{n_epochs}  {terms}  "
+                    f"{seconds:.2f}s  elapsed {elapsed:.0f}s  eta {eta:.0f}s",
+                    flush=True,
+                )
+
+    def _warn_if_degenerate(self, labels):
+        n_used = np.unique(labels).size
+        if n_used < self._min_cluster_usage * self.n_clusters:
+            warnings.warn(
+                f"{type(self).__name__} uses only {n_used} of the {self.n_clusters} clusters "
+                "asked for: the clustering has (partly) collapsed. Try more epochs, a larger "
+                "batch or fewer clusters.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ inference
+    def _inference_device(self):
+        device = resolve_device(self.device)
+        self.module_.to(device)
+        return device
+
+    def _apply_batched(self, X, function, batch_size=None):
+        """``function`` on every batch of the validated array X; concatenated numpy result."""
+        device = self._inference_device()
+        self.module_.eval()
+        batch_size = batch_size or max(self.batch_size, 256)
+        outputs = []
+        with torch.no_grad():
+            for indices in iterate_batches(X.shape[0], batch_size):
+                outputs.append(function(batch_to_tensor(X, indices, device)).cpu())
+        return torch.cat(outputs).numpy()
+
+    def _proba_tensor(self, batch):
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _transform_tensor(self, batch):
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _predict_tensor(self, batch):
+        return self._proba_tensor(batch).argmax(dim=1)
+
+    def predict(self, X):
+        """Cluster index of each sample of X.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or image array
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), int64
+        """
+        check_is_fitted(self)
+        X = self._validate_input(X, reset=False)
+        return self._apply_batched(X, self._predict_tensor).astype(np.int64)
+
+    def predict_proba(self, X):
+        """Soft cluster assignment of each sample; rows sum to 1.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or image array
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_clusters), float32
+        """
+        check_is_fitted(self)
+        X = self._validate_input(X, reset=False)
+        return self._apply_batched(X, self._proba_tensor)
+
+    def transform(self, X):
+        """The learned representation of X (see the estimator's documentation).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or image array
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components), float32
+        """
+        check_is_fitted(self)
+        X = self._validate_input(X, reset=False)
+        return self._apply_batched(X, self._transform_tensor)
+
+    def fit_transform(self, X, y=None):
+        """Fit on X and return ``transform(X)``."""
+        return self.fit(X).transform(X)
+
+    def score(self, X, y=None):
+        """Label-free quality of the clustering of X; higher is better.
+
+        The empirical mutual information between samples and clusters under ``predict_proba``:
+        ``H(mean_x p(c|x)) - mean_x H(p(c|x))``, in nats. It is high when the predictions are
+        confident (low conditional entropy) and the clusters evenly used (high marginal entropy),
+        the two criteria TEMI's authors use to choose ``beta`` without labels. ``y`` is ignored,
+        so ``GridSearchCV`` can select parameters without labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or image array
+        y : Ignored
+
+        Returns
+        -------
+        score : float
+        """
+        proba = self.predict_proba(X).astype(np.float64)
+        marginal = proba.mean(axis=0)
+        marginal_entropy = -np.sum(marginal * np.log(np.clip(marginal, 1e-12, None)))
+        conditional_entropy = -np.sum(proba * np.log(np.clip(proba, 1e-12, None)), axis=1).mean()
+        return float(marginal_entropy - conditional_entropy)
+
+    # ------------------------------------------------------------------ persistence
+    def __getstate__(self):
+        state = super().__getstate__()
+        if "module_" in state:
+            # Pickles always hold CPU tensors, so a model trained on CUDA loads anywhere.
+            state = dict(state)
+            state["module_"] = copy.deepcopy(self.module_).cpu()
+        return state
+

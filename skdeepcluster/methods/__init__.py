@@ -1,0 +1,1 @@
+"""One module per estimator; import them from :mod:`skdeepcluster`."""

@@ -1,0 +1,1 @@
+"""Torch building blocks (no sklearn here): backbones, batched heads, losses, augmentations."""

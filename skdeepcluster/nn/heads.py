@@ -1,0 +1,116 @@
+"""Multi-head clustering heads computed as ONE batched tensor operation.
+
+H independent heads keep their weights stacked along a leading head axis, so a forward pass over
+all heads is one ``einsum``/``baddbmm`` instead of a Python loop over heads. Inputs are either
+shared by all heads, shape ``(B, in)``, or per head, shape ``(H, B, in)``; outputs are
+``(H, B, out)``. ``heads=`` selects a subset of heads (e.g. the best one at prediction time).
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["MultiHeadLinear", "MultiHeadWeightNormLinear", "TEMIHeads"]
+
+
+def _select(tensor, heads):
+    return tensor if heads is None else tensor[heads]
+
+
+def _batched_matmul(x, weight, bias=None):
+    """``x`` (B, in) shared or (H, B, in) per head, ``weight`` (H, in, out) → (H, B, out)."""
+    if x.dim() == 2:
+        out = torch.einsum("bi,hio->hbo", x, weight)
+        return out if bias is None else out + bias
+    if bias is None:
+        return torch.bmm(x, weight)
+    return torch.baddbmm(bias, x, weight)
+
+
+class MultiHeadLinear(nn.Module):
+    """``n_heads`` independent ``Linear(in_features, out_features)`` layers, batched.
+
+    Parameters
+    ----------
+    n_heads, in_features, out_features : int
+    bias : bool, default=True
+    init : {"default", "trunc_normal"}, default="default"
+        ``"default"``: PyTorch's ``nn.Linear`` initialisation, per head.
+        ``"trunc_normal"``: truncated normal with std 0.02 and zero bias (DINO/TEMI heads).
+    """
+
+    def __init__(self, n_heads, in_features, out_features, *, bias=True, init="default"):
+        super().__init__()
+        self.n_heads, self.in_features, self.out_features = n_heads, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(n_heads, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(n_heads, 1, out_features)) if bias else None
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init="default"):
+        if init == "trunc_normal":
+            nn.init.trunc_normal_(self.weight, std=0.02, a=-0.04, b=0.04)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+        elif init == "default":
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.weight, -bound, bound)
+            if self.bias is not None:
+                nn.init.uniform_(self.bias, -bound, bound)
+        else:
+            raise ValueError(f"init must be 'default' or 'trunc_normal', got {init!r}.")
+
+    def forward(self, x, heads=None):
+        bias = None if self.bias is None else _select(self.bias, heads)
+        return _batched_matmul(x, _select(self.weight, heads), bias)
+
+    def extra_repr(self):
+        return (
+            f"n_heads={self.n_heads}, in_features={self.in_features}, "
+            f"out_features={self.out_features}, bias={self.bias is not None}"
+        )
+
+
+class MultiHeadWeightNormLinear(nn.Module):
+    """Batched weight-normalised ``Linear(in, out, bias=False)``: ``W = g · V / ||V||``.
+
+    The norm is taken per output unit over the input dimension, as ``torch.nn.utils.weight_norm``
+    does for a ``Linear``; the gain ``g`` starts at 1 and is trainable unless ``train_gain=False``.
+    """
+
+    def __init__(self, n_heads, in_features, out_features, *, train_gain=True):
+        super().__init__()
+        self.direction = nn.Parameter(torch.empty(n_heads, in_features, out_features))
+        nn.init.trunc_normal_(self.direction, std=0.02, a=-0.04, b=0.04)
+        self.gain = nn.Parameter(torch.ones(n_heads, 1, out_features), requires_grad=train_gain)
+
+    def forward(self, x, heads=None):
+        direction = _select(self.direction, heads)
+        weight = _select(self.gain, heads) * direction / direction.norm(dim=1, keepdim=True)
+        return _batched_matmul(x, weight)
+
+
+class TEMIHeads(nn.Module):
+    """H TEMI/DINO clustering heads, batched.
+
+    Each head: ``Linear(d, hidden) → GELU → Linear(hidden, bottleneck) → L2-normalise →
+    weight-normalised Linear(bottleneck, K, bias=False)``; truncated-normal(0.02) init, zero
+    biases, no batch norm, no dropout (TEMI, Sec. 3.2 and the authors' code).
+    """
+
+    def __init__(self, n_heads, in_features, n_clusters, *, hidden_dim=512, bottleneck_dim=256):
+        super().__init__()
+        self.n_heads = n_heads
+        self.hidden = MultiHeadLinear(n_heads, in_features, hidden_dim, init="trunc_normal")
+        self.bottleneck = MultiHeadLinear(n_heads, hidden_dim, bottleneck_dim, init="trunc_normal")
+        self.last_layer = MultiHeadWeightNormLinear(n_heads, bottleneck_dim, n_clusters)
+
+    def embed(self, x, heads=None):
+        """The L2-normalised bottleneck, shape (H, B, bottleneck_dim)."""
+        hidden = F.gelu(self.hidden(x, heads))
+        return F.normalize(self.bottleneck(hidden, heads), dim=-1)
+
+    def forward(self, x, heads=None):
+        """Logits of every head, shape (H, B, n_clusters)."""
+        return self.last_layer(self.embed(x, heads), heads)
