@@ -1,0 +1,67 @@
+"""faiss k-means and the PCA-whitening + L2 preprocessing of DeepCluster."""
+
+import warnings
+
+import faiss
+import numpy as np
+
+__all__ = ["pca_whiten", "kmeans"]
+
+
+def pca_whiten(features, n_components=256, *, matrix=None):
+    """PCA to ``n_components`` with whitening (eigenvalue power −0.5), then L2-normalised rows.
+
+    Parameters
+    ----------
+    features : ndarray (n, d)
+    n_components : int
+        Capped at ``min(n, d)``.
+    matrix : faiss.PCAMatrix or None
+        A trained matrix to apply; None trains a new one on ``features``.
+
+    Returns
+    -------
+    reduced : ndarray (n, n_components), float32
+    matrix : faiss.PCAMatrix
+    """
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if matrix is None:
+        n_components = min(n_components, *features.shape)
+        matrix = faiss.PCAMatrix(features.shape[1], n_components, -0.5)
+        matrix.train(features)
+        if not matrix.is_trained:  # pragma: no cover - faiss contract
+            raise RuntimeError("faiss PCAMatrix failed to train.")
+    reduced = matrix.apply(features)
+    reduced /= np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
+    return reduced, matrix
+
+
+def kmeans(features, n_clusters, *, n_iter=20, seed=0, spherical=False, verbose=False):
+    """faiss k-means on all points (no subsampling).
+
+    faiss splits a non-empty cluster when one goes empty during training; the final assignment
+    can still leave clusters empty, which the caller must handle (DeepCluster remaps labels).
+
+    Returns
+    -------
+    labels : ndarray (n,), int64
+    centroids : ndarray (n_clusters, d), float32
+    objective : float
+        Sum of squared distances of the final assignment.
+    """
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    n, d = features.shape
+    model = faiss.Kmeans(
+        d,
+        n_clusters,
+        niter=n_iter,
+        seed=int(seed) % (2**31 - 1),
+        spherical=spherical,
+        max_points_per_centroid=max(256, n // n_clusters + 1),  # never subsample
+        verbose=verbose,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # faiss warns when n < 39 * k
+        model.train(features)
+    distances, labels = model.index.search(features, 1)
+    return labels.ravel().astype(np.int64), model.centroids.copy(), float(distances.sum())

@@ -1,0 +1,287 @@
+"""Batched image augmentations with an independent random draw per sample.
+
+``torchvision.transforms.v2`` applied to a batch tensor draws ONE set of random parameters for
+the whole batch; per-sample draws would need a Python loop over samples. Here every operation
+draws its parameters per sample from a ``torch.Generator`` and applies them to the whole batch at
+once: geometric operations as per-sample affine matrices through one ``grid_sample``, colour
+operations as per-sample factors. ``equalize`` and ``rgb_to_grayscale`` come from
+``torchvision.transforms.v2.functional``, which is batched per image.
+
+Inputs are float tensors ``(B, C, H, W)`` in [0, 1] with C in {1, 3}; outputs have the same
+shape and range. Colour operations that need three channels (saturation, hue) leave grey images
+unchanged.
+"""
+
+import math
+
+import torch
+from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = [
+    "random_resized_crop",
+    "random_affine",
+    "color_jitter",
+    "random_grayscale",
+    "gaussian_noise",
+    "cutout",
+    "rand_augment",
+    "rotate_quarters",
+    "weak_augment",
+    "simclr_augment",
+    "strong_augment",
+    "RAND_AUGMENT_OPS",
+]
+
+
+def _uniform(low, high, n, generator, device):
+    return low + (high - low) * torch.rand(n, generator=generator).to(device)
+
+
+def _bernoulli(p, n, generator, device):
+    return (torch.rand(n, generator=generator) < p).to(device)
+
+
+def _warp(x, theta, padding_mode="zeros"):
+    """Apply per-sample affine matrices ``theta`` (B, 2, 3) in normalised coordinates."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+def _affine_matrices(n, device, angle=None, shear_x=None, shear_y=None, tx=None, ty=None):
+    zeros = torch.zeros(n, device=device)
+    angle = zeros if angle is None else angle
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+    shear = torch.eye(2, device=device).repeat(n, 1, 1)
+    shear[:, 0, 1] = zeros if shear_x is None else shear_x
+    shear[:, 1, 0] = zeros if shear_y is None else shear_y
+    translation = torch.stack([zeros if tx is None else tx, zeros if ty is None else ty], 1)
+    return torch.cat([rotation @ shear, translation.unsqueeze(2)], dim=2)
+
+
+def random_resized_crop(x, generator, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5):
+    """RandomResizedCrop (+ horizontal flip with probability ``flip_p``), resized to the input
+    size; crop area fraction in ``scale``, aspect ratio in ``ratio`` (log-uniform)."""
+    n, device = x.shape[0], x.device
+    area = _uniform(scale[0], scale[1], n, generator, device)
+    log_ratio = _uniform(math.log(ratio[0]), math.log(ratio[1]), n, generator, device)
+    width = torch.sqrt(area * log_ratio.exp()).clamp(max=1.0)
+    height = torch.sqrt(area / log_ratio.exp()).clamp(max=1.0)
+    center_x = (1 - width) * _uniform(-1, 1, n, generator, device)
+    center_y = (1 - height) * _uniform(-1, 1, n, generator, device)
+    flip = torch.where(_bernoulli(flip_p, n, generator, device), -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 2] = width * flip, center_x
+    theta[:, 1, 1], theta[:, 1, 2] = height, center_y
+    return _warp(x, theta, padding_mode="border")
+
+
+def random_affine(x, generator, degrees=0.0, translate=0.0, shear=0.0):
+    """Per-sample rotation in ±``degrees``, translation in ±``translate`` (fraction of the
+    size) and shear in ±``shear``."""
+    n, device = x.shape[0], x.device
+    angle = _uniform(-degrees, degrees, n, generator, device) * math.pi / 180
+    tx, ty = (2 * translate * _uniform(-1, 1, n, generator, device) for _ in range(2))
+    sx, sy = (_uniform(-shear, shear, n, generator, device) for _ in range(2))
+    return _warp(x, _affine_matrices(n, device, angle, sx, sy, tx, ty))
+
+
+def _grey(x):
+    return TF.rgb_to_grayscale(x) if x.shape[1] == 3 else x
+
+
+def _blend(x, other, factor):
+    return (other + factor.view(-1, 1, 1, 1) * (x - other)).clamp(0, 1)
+
+
+def _brightness(x, factor):
+    return _blend(x, torch.zeros_like(x), factor)
+
+
+def _contrast(x, factor):
+    return _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), factor)
+
+
+def _saturation(x, factor):
+    return _blend(x, _grey(x).expand_as(x), factor) if x.shape[1] == 3 else x
+
+
+def _hue(x, shift):
+    """Rotate the chroma plane of YIQ by ``shift`` turns (per sample); grey images unchanged."""
+    if x.shape[1] != 3:
+        return x
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=x.device
+    )
+    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
+    angle = 2 * math.pi * shift
+    cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)
+
+
+def _sharpness(x, factor):
+    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=x.device)
+    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=x.shape[1])
+    return _blend(x, blurred, factor)
+
+
+def color_jitter(x, generator, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=0.8):
+    """ColorJitter applied to each sample with probability ``p`` (fixed order: brightness,
+    contrast, saturation, hue); factors drawn per sample as torchvision does."""
+    n, device = x.shape[0], x.device
+    apply = _bernoulli(p, n, generator, device).view(-1, 1, 1, 1)
+    out = _brightness(x, _uniform(1 - brightness, 1 + brightness, n, generator, device))
+    out = _contrast(out, _uniform(1 - contrast, 1 + contrast, n, generator, device))
+    out = _saturation(out, _uniform(1 - saturation, 1 + saturation, n, generator, device))
+    out = _hue(out, _uniform(-hue, hue, n, generator, device))
+    return torch.where(apply, out, x)
+
+
+def random_grayscale(x, generator, p=0.2):
+    """Replace each colour sample by its grey version with probability ``p``."""
+    if x.shape[1] != 3:
+        return x
+    apply = _bernoulli(p, x.shape[0], generator, x.device).view(-1, 1, 1, 1)
+    return torch.where(apply, _grey(x).expand_as(x), x)
+
+
+def gaussian_noise(x, generator, std=0.05):
+    """Add N(0, std²) noise and clamp to [0, 1]."""
+    noise = torch.randn(x.shape, generator=generator).to(x.device)
+    return (x + std * noise).clamp(0, 1)
+
+
+def cutout(x, generator, size=0.5):
+    """Zero one square of side ``size`` × image side, centred uniformly (may be clipped)."""
+    n, _, height, width = x.shape
+    side_h, side_w = max(1, round(size * height)), max(1, round(size * width))
+    cy = torch.randint(height, (n,), generator=generator).to(x.device).view(-1, 1, 1)
+    cx = torch.randint(width, (n,), generator=generator).to(x.device).view(-1, 1, 1)
+    rows = torch.arange(height, device=x.device).view(1, -1, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, -1)
+    inside = ((rows - cy).abs() * 2 < side_h) & ((cols - cx).abs() * 2 < side_w)
+    return x.masked_fill(inside.unsqueeze(1), 0.0)
+
+
+#: The RandAugment operation list of SCAN's strong augmentation.
+RAND_AUGMENT_OPS = (
+    "identity",
+    "autocontrast",
+    "equalize",
+    "rotate",
+    "solarize",
+    "color",
+    "contrast",
+    "brightness",
+    "sharpness",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+    "posterize",
+)
+_GEOMETRIC = {"rotate", "shear_x", "shear_y", "translate_x", "translate_y"}
+
+
+def _autocontrast(x):
+    low = x.amin(dim=(2, 3), keepdim=True)
+    high = x.amax(dim=(2, 3), keepdim=True)
+    scale = torch.where(high > low, 1.0 / (high - low).clamp(min=1e-6), torch.ones_like(high))
+    return ((x - low) * scale).clamp(0, 1)
+
+
+def _equalize(x):
+    return TF.equalize((x * 255).round().to(torch.uint8)).float() / 255
+
+
+def _colour_op(name, x, generator):
+    n, device = x.shape[0], x.device
+    factor = _uniform(0.1, 1.9, n, generator, device)
+    if name == "autocontrast":
+        return _autocontrast(x)
+    if name == "equalize":
+        return _equalize(x)
+    if name == "solarize":
+        threshold = _uniform(0.0, 1.0, n, generator, device).view(-1, 1, 1, 1)
+        return torch.where(x >= threshold, 1.0 - x, x)
+    if name == "color":
+        return _saturation(x, factor)
+    if name == "contrast":
+        return _contrast(x, factor)
+    if name == "brightness":
+        return _brightness(x, factor)
+    if name == "sharpness":
+        return _sharpness(x, factor)
+    if name == "posterize":
+        bits = torch.randint(4, 9, (n,), generator=generator).to(device).view(-1, 1, 1, 1)
+        step = 2.0 ** (8 - bits)
+        return torch.floor(x * 255 / step) * step / 255
+    return x  # identity
+
+
+def rand_augment(x, generator, n_ops=4):
+    """``n_ops`` rounds; in each, every sample draws one operation of ``RAND_AUGMENT_OPS``
+    and a random magnitude (rotate ±30°, shear ±0.1, translate ±0.1, posterize 4-8 bits,
+    enhance factors in [0.1, 1.9]). Each operation runs once per round on the samples that
+    drew it."""
+    n, device = x.shape[0], x.device
+    for _ in range(n_ops):
+        choice = torch.randint(len(RAND_AUGMENT_OPS), (n,), generator=generator).to(device)
+        out = x.clone()
+        chosen = {name: choice == k for k, name in enumerate(RAND_AUGMENT_OPS)}
+        # geometric operations: one per-sample affine warp, identity for the other samples
+        angle = torch.where(chosen["rotate"], _uniform(-30, 30, n, generator, device), 0.0)
+        values = {
+            name: torch.where(chosen[name], _uniform(-0.1, 0.1, n, generator, device), 0.0)
+            for name in ("shear_x", "shear_y", "translate_x", "translate_y")
+        }
+        geometric = torch.zeros(n, dtype=torch.bool, device=device)
+        for name in _GEOMETRIC:
+            geometric |= chosen[name]
+        if geometric.any():
+            theta = _affine_matrices(
+                n,
+                device,
+                angle * math.pi / 180,
+                values["shear_x"],
+                values["shear_y"],
+                2 * values["translate_x"],
+                2 * values["translate_y"],
+            )
+            out[geometric] = _warp(x[geometric], theta[geometric])
+        for name in RAND_AUGMENT_OPS:
+            if name in _GEOMETRIC or name == "identity" or not chosen[name].any():
+                continue
+            out[chosen[name]] = _colour_op(name, x[chosen[name]], generator)
+        x = out
+    return x
+
+
+def rotate_quarters(x):
+    """Every image at 0°, 90°, 180° and 270° (RotNet): ``(4B, C, H, W)`` and labels 0-3."""
+    rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
+    labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
+    return rotated, labels
+
+
+def weak_augment(x, generator, flip=True, scale=(0.5, 1.0)):
+    """Random resized crop and (optional) horizontal flip: the usual training augmentation."""
+    return random_resized_crop(x, generator, scale=scale, flip_p=0.5 if flip else 0.0)
+
+
+def simclr_augment(x, generator, flip=True):
+    """SimCLR views: crop (scale 0.2-1), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8,
+    grayscale with p = 0.2 (saturation, hue and grayscale are no-ops on grey images)."""
+    x = random_resized_crop(x, generator, scale=(0.2, 1.0), flip_p=0.5 if flip else 0.0)
+    x = color_jitter(x, generator, 0.4, 0.4, 0.4, 0.1, p=0.8)
+    return random_grayscale(x, generator, p=0.2)
+
+
+def strong_augment(x, generator, flip=True, n_ops=4, cutout_size=0.5):
+    """SCAN's strong augmentation: crop and flip, ``n_ops`` RandAugment operations, Cutout."""
+    x = random_resized_crop(x, generator, scale=(0.5, 1.0), flip_p=0.5 if flip else 0.0)
+    return cutout(rand_augment(x, generator, n_ops), generator, cutout_size)

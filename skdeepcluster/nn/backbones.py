@@ -1,0 +1,156 @@
+"""Feature extractors: an MLP for feature vectors, a small CNN and a CIFAR-style ResNet-18 for
+images, a frozen Sobel filter, and ``make_backbone`` to pick one by input.
+
+Every backbone maps a batch to ``(B, out_features)`` and exposes ``out_features``.
+"""
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["MLP", "SmallCNN", "CifarResNet18", "Sobel", "make_backbone"]
+
+
+class MLP(nn.Module):
+    """``Linear → BatchNorm → ReLU`` blocks for feature-vector input."""
+
+    def __init__(self, in_features, hidden_dims=(512, 512)):
+        super().__init__()
+        layers, width = [], in_features
+        for hidden in hidden_dims:
+            layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+            width = hidden
+        self.layers = nn.Sequential(*layers)
+        self.out_features = width
+
+    def forward(self, x):
+        return self.layers(x.flatten(1))
+
+
+def _conv_block(in_channels, out_channels):
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class SmallCNN(nn.Module):
+    """A VGG-style convnet for small images (8 to 32 pixels), ending in global average pooling.
+
+    Three stages of two 3×3 conv-BN-ReLU layers (``width``, ``2·width``, ``4·width`` channels);
+    the first two stages end with 2×2 max pooling when the image is large enough.
+    """
+
+    def __init__(self, in_channels=1, width=64, image_size=32):
+        super().__init__()
+        layers, channels, size = [], in_channels, image_size
+        for stage, out_channels in enumerate((width, 2 * width, 4 * width)):
+            layers += _conv_block(channels, out_channels) + _conv_block(out_channels, out_channels)
+            if stage < 2 and size >= 8:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            channels = out_channels
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.layers = nn.Sequential(*layers)
+        self.out_features = channels
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_planes, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet18(nn.Module):
+    """ResNet-18 for 32 px images: a 3×3 stem without max pooling (as SCAN/MMDC use on CIFAR)."""
+
+    def __init__(self, in_channels=3):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(True)
+        )
+        blocks, in_planes = [], 64
+        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [_BasicBlock(in_planes, planes, stride), _BasicBlock(planes, planes, 1)]
+            in_planes = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.out_features = 512
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
+
+
+class Sobel(nn.Module):
+    """Frozen grayscale conversion followed by Sobel x/y filters: C channels → 2 channels
+    (DeepCluster, Sec. 3.4 of Caron et al.)."""
+
+    def __init__(self):
+        super().__init__()
+        kernel_x = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+        self.register_buffer("kernels", torch.stack([kernel_x, kernel_x.t()]).unsqueeze(1))
+
+    def forward(self, x):
+        grey = x.mean(dim=1, keepdim=True)
+        return F.conv2d(grey, self.kernels, padding=1)
+
+
+def make_backbone(name, input_kind, input_shape, *, user_module=None):
+    """Build the feature extractor for an estimator.
+
+    Parameters
+    ----------
+    name : {"auto", "mlp", "small_cnn", "resnet18"}
+        ``"auto"``: an MLP for features, a small CNN for images under 32 px, the CIFAR
+        ResNet-18 from 32 px.
+    input_kind : {"features", "images"}
+    input_shape : tuple
+        ``(n_features,)`` or ``(C, H, W)``.
+    user_module : torch.nn.Module or None
+        A user backbone; a deep copy is returned (the user's module is never trained). It must
+        have an ``out_features`` attribute or one is measured with a dummy forward pass.
+
+    Returns
+    -------
+    torch.nn.Module with an ``out_features`` attribute.
+    """
+    if user_module is not None:
+        module = copy.deepcopy(user_module)
+        if not hasattr(module, "out_features"):
+            was_training = module.training
+            module.eval()
+            with torch.no_grad():
+                module.out_features = int(module(torch.zeros(2, *input_shape)).flatten(1).shape[1])
+            module.train(was_training)
+        return module
+    if name == "auto":
+        if input_kind == "features":
+            name = "mlp"
+        else:
+            name = "small_cnn" if min(input_shape[1:]) < 32 else "resnet18"
+    if name == "mlp":
+        return MLP(int(torch.tensor(input_shape).prod()))
+    if input_kind != "images":
+        raise ValueError(f"backbone {name!r} needs image input, got {input_kind}.")
+    if name == "small_cnn":
+        return SmallCNN(input_shape[0], image_size=min(input_shape[1:]))
+    if name == "resnet18":
+        return CifarResNet18(input_shape[0])
+    raise ValueError(f"Unknown backbone {name!r}: use 'auto', 'mlp', 'small_cnn' or 'resnet18'.")
