@@ -37,7 +37,12 @@ def infer_image_layout(shape):
 
 def is_image_array(X):
     """True when X has 3 or 4 dimensions (images), False otherwise (features or bad input)."""
-    ndim = X.ndim if hasattr(X, "ndim") else np.ndim(X)
+    ndim = getattr(X, "ndim", None)
+    if ndim is None:
+        try:
+            ndim = np.asarray(X).ndim
+        except ValueError:  # ragged nested lists: let the 2-d validation report it
+            return False
     return ndim in (3, 4)
 
 

@@ -1,0 +1,192 @@
+"""TEMIClusterer benchmarks: accuracy against KMeans, the paper's ablations, kNN mining cost, and
+batched versus looped heads.
+
+    python benchmarks/bench_temi.py accuracy --dataset digits --seeds 0 1 2
+    python benchmarks/bench_temi.py accuracy --dataset fashion --seeds 0 --heads 4 --epochs 20
+    python benchmarks/bench_temi.py ablation --seeds 0 1 2
+    python benchmarks/bench_temi.py mining --n 10000 60000
+    python benchmarks/bench_temi.py heads --heads 50
+
+Results print as tables and are written to benchmarks/results/temi_<part>.json.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from _common import (
+    digits_features,
+    fashion_mnist,
+    kmeans_run,
+    print_table,
+    save,
+    scores,
+    summarize,
+)
+from skdeepcluster import TEMIClusterer
+from skdeepcluster.nn.heads import TEMIHeads
+from skdeepcluster.nn.losses import temi_pair_loss, update_cluster_prior
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+
+#: The small-data configuration of the test suite and of the demo.
+DIGITS_CONFIG = dict(n_heads=4, batch_size=256, lr=1e-3, n_neighbors=20, min_steps=2000)
+
+
+def load(dataset):
+    if dataset == "digits":
+        X, y = digits_features()
+        return X, y, X, y  # full-dataset protocol on digits (train = test)
+    X_train, y_train = fashion_mnist("train")
+    X_test, y_test = fashion_mnist("test")
+    flat = lambda a: (a.reshape(len(a), -1) / 255).astype(np.float32)  # noqa: E731
+    return flat(X_train), y_train, flat(X_test), y_test
+
+
+def temi_run(params, X_train, X_test, y_test, seed):
+    start = time.perf_counter()
+    model = TEMIClusterer(n_clusters=10, random_state=seed, **params).fit(X_train)
+    seconds = time.perf_counter() - start
+    return {**scores(y_test, model.predict(X_test)), "seconds": seconds}
+
+
+def accuracy(args):
+    X_train, y_train, X_test, y_test = load(args.dataset)
+    params = dict(DIGITS_CONFIG)
+    if args.heads:
+        params["n_heads"] = args.heads
+    if args.epochs:
+        params.update(max_epochs=args.epochs, min_steps=0)
+    if args.default:
+        params = {}
+    rows = [("KMeans (sklearn, n_init=10)",
+             summarize([kmeans_run(X_train, X_test, y_test, 10, s) for s in args.seeds]))]
+    name = "TEMI defaults" if args.default else f"TEMI {params}"
+    rows.append((name, summarize([temi_run(params, X_train, X_test, y_test, s)
+                                  for s in args.seeds])))
+    print_table(rows, f"{args.dataset}: seeds {args.seeds}")
+    save(f"temi_accuracy_{args.dataset}{'_default' if args.default else ''}",
+         {"params": params, "seeds": args.seeds, "rows": rows})
+
+
+def ablation(args):
+    X, y, _, _ = load("digits")
+    rows = []
+    for loss, heads in [("pmi", 1), ("pmi", 16), ("wpmi", 16), ("temi", 16), ("temi", 50)]:
+        if heads > args.max_heads:
+            continue
+        params = {**DIGITS_CONFIG, "loss": loss, "n_heads": heads}
+        runs = [temi_run(params, X, X, y, s) for s in args.seeds]
+        rows.append((f"{loss.upper()} {heads} head(s)", summarize(runs)))
+        print_table(rows[-1:], "")
+    print_table(rows, f"digits ablation (config {DIGITS_CONFIG}), seeds {args.seeds}")
+    save("temi_ablation", {"config": DIGITS_CONFIG, "seeds": args.seeds, "rows": rows})
+
+
+MINING_CHILD = """
+import resource, sys, time, numpy as np
+sys.path.insert(0, {bench_dir!r})
+from _common import fashion_mnist
+images = np.concatenate([fashion_mnist("train")[0], fashion_mnist("test")[0]])
+X = (images[:{n}].reshape({n}, -1) / 255).astype(np.float32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+if "{method}" == "faiss":
+    from skdeepcluster import mine_neighbors
+    mine_neighbors(X, 50)
+else:
+    from sklearn.neighbors import NearestNeighbors
+    NearestNeighbors(n_neighbors=51, metric="cosine").fit(X).kneighbors(X)
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(seconds, (peak - base) / 1024)
+"""
+
+
+def mining(args):
+    rows = []
+    for n in args.n:
+        for method in ("faiss", "sklearn"):
+            out = subprocess.run([sys.executable, "-c", MINING_CHILD.format(n=n, method=method, bench_dir=BENCH_DIR)],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            seconds, extra_mb = float(out[0]), float(out[1])
+            rows.append({"n": n, "method": method, "seconds": seconds,
+                         "peak_extra_mb": extra_mb})
+            print(f"n={n:6d} {method:8s} {seconds:8.1f} s  peak memory above the data "
+                  f"{extra_mb:8.0f} MB", flush=True)
+    save("temi_mining", rows)
+
+
+def heads(args):
+    """Time of one optimisation step of H heads: one batched module vs a loop over H modules."""
+    torch.manual_seed(0)
+    d, k, batch = 64, 10, 512
+    x = torch.randn(2 * batch, d)
+    prior = torch.full((args.heads, k), 1 / k)
+
+    def step(student, teacher, optimizer):
+        s = student(x)
+        with torch.no_grad():
+            t = teacher(x)
+        p = update_cluster_prior(prior, torch.softmax(t / 0.1, -1), 0.9)
+        loss = temi_pair_loss(s.chunk(2, 1), t.chunk(2, 1), p.log(), beta=0.6, tau=0.1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    batched = TEMIHeads(args.heads, d, k)
+    batched_teacher = TEMIHeads(args.heads, d, k)
+    looped = torch.nn.ModuleList(TEMIHeads(1, d, k) for _ in range(args.heads))
+    looped_teacher = torch.nn.ModuleList(TEMIHeads(1, d, k) for _ in range(args.heads))
+
+    class Loop(torch.nn.Module):  # the reference code's shape: [head(x) for head in heads]
+        def __init__(self, heads):
+            super().__init__()
+            self.heads = heads
+
+        def forward(self, x):
+            return torch.cat([head(x) for head in self.heads])
+
+    results = {}
+    for name, student, teacher in [("batched", batched, batched_teacher),
+                                   ("loop", Loop(looped), Loop(looped_teacher))]:
+        optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+        step(student, teacher, optimizer)  # warm-up
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step(student, teacher, optimizer)
+        results[name] = (time.perf_counter() - start) / args.steps
+        print(f"{name:8s} {args.heads} heads: {results[name] * 1000:.0f} ms per step "
+              f"(batch {batch} pairs, d={d})", flush=True)
+    save("temi_heads", {"heads": args.heads, "ms_per_step": results,
+                        "threads": torch.get_num_threads()})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("accuracy")
+    p.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--heads", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--default", action="store_true", help="TEMIClusterer() defaults")
+    p = sub.add_parser("ablation")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--max-heads", type=int, default=50)
+    p = sub.add_parser("mining")
+    p.add_argument("--n", type=int, nargs="+", default=[10000, 60000])
+    p = sub.add_parser("heads")
+    p.add_argument("--heads", type=int, default=50)
+    p.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    {"accuracy": accuracy, "ablation": ablation, "mining": mining, "heads": heads}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+import pickle
+import time
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV, KFold, cross_validate
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skdeepcluster import TEMIClusterer, clustering_accuracy, clustering_accuracy_score
+from skdeepcluster.nn.heads import MultiHeadLinear, TEMIHeads
+from skdeepcluster.nn.losses import instance_weights, pmi, temi_pair_loss, update_cluster_prior
+
+SMALL = dict(n_heads=2, n_neighbors=5, hidden_dim=32, bottleneck_dim=16, max_epochs=2,
+             min_steps=150, batch_size=64, lr=1e-3, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return (X / 16).astype(np.float32), y
+
+
+# --------------------------------------------------------------------------- sklearn contract
+@parametrize_with_checks([TEMIClusterer(n_clusters=3, **SMALL)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+# --------------------------------------------------------------------------- losses and heads
+def test_multihead_linear_equals_per_head_linear():
+    torch.manual_seed(0)
+    layer = MultiHeadLinear(3, 5, 4)
+    x = torch.randn(7, 5)
+    batched = layer(x)
+    for h in range(3):
+        expected = x @ layer.weight[h] + layer.bias[h]
+        torch.testing.assert_close(batched[h], expected)
+    torch.testing.assert_close(layer(batched.new_ones(3, 7, 5))[1], layer(torch.ones(7, 5))[1])
+    torch.testing.assert_close(layer(x, heads=[2])[0], batched[2])
+
+
+def test_temi_heads_architecture_and_weight_norm():
+    heads = TEMIHeads(4, 10, 6, hidden_dim=8, bottleneck_dim=5)
+    logits = heads(torch.randn(3, 10))
+    assert logits.shape == (4, 3, 6)
+    # bottleneck is L2-normalised and gains start at 1 → |logit| <= 1
+    assert torch.allclose(heads.embed(torch.randn(3, 10)).norm(dim=-1), torch.ones(4, 3))
+    assert logits.abs().max() <= 1 + 1e-6
+    assert torch.all(heads.last_layer.gain == 1) and heads.last_layer.gain.requires_grad
+
+
+def test_pmi_hand_computed():
+    student = torch.tensor([[[0.5, 0.5]]]).log()
+    teacher = torch.tensor([[[0.9, 0.1]]]).log()
+    prior = torch.tensor([[0.5, 0.5]])
+    beta = 0.6
+    expected = np.log((0.5 * 0.9) ** beta / 0.5 + (0.5 * 0.1) ** beta / 0.5)
+    assert pmi(student, teacher, prior.log(), beta).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_instance_weights_modes():
+    px = torch.tensor([[[1.0, 0.0]], [[0.5, 0.5]]])  # 2 heads, 1 pair
+    py = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]])
+    assert instance_weights(px, py, "wpmi").flatten().tolist() == [1.0, 0.5]
+    assert instance_weights(px, py, "temi").flatten().tolist() == [0.75, 0.75]
+    assert instance_weights(px, py, "pmi").flatten().tolist() == [1.0, 1.0]
+
+
+def test_prior_update_and_loss_gradients():
+    prior = torch.full((2, 3), 1 / 3)
+    probs = torch.tensor([[[1.0, 0, 0], [1.0, 0, 0]], [[0, 1.0, 0], [0, 0, 1.0]]])
+    updated = update_cluster_prior(prior, probs, 0.9)
+    torch.testing.assert_close(updated[0], torch.tensor([0.4, 0.3, 0.3]))
+    torch.testing.assert_close(updated.sum(1), torch.ones(2))
+
+    student = [torch.randn(2, 8, 3, requires_grad=True) for _ in range(2)]
+    teacher = [torch.randn(2, 8, 3, requires_grad=True) for _ in range(2)]
+    for mode in ("temi", "wpmi", "pmi"):
+        loss = temi_pair_loss(student, teacher, updated.log(), beta=0.6, tau=0.1, mode=mode)
+        assert loss.shape == (2,) and torch.isfinite(loss).all()
+        loss.sum().backward()
+        assert teacher[0].grad is None  # only the student learns
+        assert student[0].grad.abs().sum() > 0
+    # extreme logits stay finite
+    big = [torch.full((1, 4, 3), 1e4) * torch.tensor([1.0, 0, 0]) for _ in range(2)]
+    extreme = temi_pair_loss(big, big, torch.full((1, 3), 1 / 3).log(), beta=0.6, tau=0.1)
+    assert torch.isfinite(extreme).all()
+
+
+# --------------------------------------------------------------------------- behaviour
+def test_fit_attributes_and_contract(digits):
+    X, _ = digits
+    X = X[:300]
+    model = TEMIClusterer(n_clusters=5, **SMALL).fit(X)
+    assert model.labels_.shape == (300,)
+    np.testing.assert_array_equal(model.labels_, model.predict(X))
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-5)
+    assert proba.shape == (300, 5) and proba.dtype == np.float32
+    assert model.transform(X).shape == (300, SMALL["bottleneck_dim"])
+    assert model.neighbors_.shape == (300, 5)
+    assert not (model.neighbors_ == np.arange(300)[:, None]).any()
+    assert model.head_losses_.shape == (2,)
+    assert model.best_head_ == int(np.argmin(model.head_losses_))
+    assert model.cluster_prior_.shape == (2, 5)
+    assert {"stage", "epoch", "loss", "seconds"} <= set(model.history_[0])
+    # min_steps: 300 // 64 = 4 steps per epoch → ceil(150 / 4) = 38 epochs
+    assert len(model.history_) == 38
+    assert isinstance(model.score(X), float)
+
+
+def test_min_steps_zero_trains_exactly_max_epochs(digits):
+    X, _ = digits
+    model = TEMIClusterer(n_clusters=3, **{**SMALL, "min_steps": 0, "max_epochs": 3}).fit(X[:100])
+    assert len(model.history_) == 3
+
+
+def test_same_seed_same_labels_and_pickle_roundtrip(digits, tmp_path):
+    X, _ = digits
+    X = X[:400]
+    first = TEMIClusterer(n_clusters=6, **SMALL).fit(X)
+    second = TEMIClusterer(n_clusters=6, **SMALL).fit(X)
+    np.testing.assert_array_equal(first.labels_, second.labels_)
+    restored = pickle.loads(pickle.dumps(first))
+    np.testing.assert_array_equal(restored.predict(X), first.labels_)
+    joblib.dump(first, tmp_path / "model.joblib")
+    restored = joblib.load(tmp_path / "model.joblib")
+    assert next(restored.module_.parameters()).device.type == "cpu"
+    np.testing.assert_array_equal(restored.set_params(device="cpu").predict(X), first.labels_)
+
+
+def test_does_not_modify_input_and_global_rng(digits):
+    X, _ = digits
+    X = X[:200].copy()
+    before = X.copy()
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    TEMIClusterer(n_clusters=3, **SMALL).fit(X)
+    assert torch.rand(1) == expected_next  # the user's torch RNG stream is untouched
+    np.testing.assert_array_equal(X, before)
+
+
+def test_frozen_backbone_on_images(digits):
+    images = load_digits().images[:300].astype(np.float32) / 16  # (n, 8, 8) in [0, 1]
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16))
+    weights_before = backbone[1].weight.detach().clone()
+    model = TEMIClusterer(n_clusters=4, backbone=backbone, **SMALL).fit(images)
+    assert model.predict(images[:10]).shape == (10,)
+    assert model.predict(images[:10, :, :, None]).shape == (10,)  # (n, H, W, C) layout
+    torch.testing.assert_close(backbone[1].weight, weights_before)  # never trained
+    assert not any(p.requires_grad for p in model.module_["backbone"].parameters())
+    with pytest.raises(ValueError, match="no backbone"):
+        TEMIClusterer(n_clusters=4, **SMALL).fit(images)
+
+
+def test_overclustering_with_beta_one(digits):
+    X, y = digits
+    model = TEMIClusterer(n_clusters=30, beta=1.0, **SMALL).fit(X[:600])
+    assert model.predict_proba(X[:5]).shape == (5, 30)
+
+
+def test_collapse_is_warned():
+    X, _ = make_blobs(n_samples=120, centers=2, random_state=0)
+    with pytest.warns(ConvergenceWarning, match=r"uses only \d+ of the 40 clusters"):
+        TEMIClusterer(n_clusters=40, **SMALL).fit(X)
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "X, error, match",
+    [
+        (np.array([[0.0, np.nan], [1.0, 2.0], [3.0, 4.0]]), ValueError, "NaN"),
+        (np.array([[0.0, np.inf], [1.0, 2.0], [3.0, 4.0]]), ValueError, "infinity"),
+        (np.zeros(10), ValueError, "Expected 2D array"),
+        (np.zeros((3, 2, 2, 2, 2)), ValueError, "dim"),
+        (np.zeros((0, 4)), ValueError, "0 sample"),
+        (np.array([["a", "b"], ["c", "d"], ["e", "f"]], dtype=object), ValueError, "string|float"),
+        (np.zeros((4, 2, 2, 5)), ValueError, "1 or 3 channels"),
+    ],
+)
+def test_bad_input_raises_before_training(X, error, match):
+    model = TEMIClusterer(n_clusters=2, **SMALL)
+    with pytest.raises(error, match=match):
+        model.fit(X)
+    assert not hasattr(model, "module_")
+
+
+def test_more_clusters_than_samples_and_bad_params():
+    with pytest.raises(ValueError, match="n_clusters=5 is larger than n_samples=3"):
+        TEMIClusterer(n_clusters=5, **SMALL).fit(np.random.rand(3, 2))
+    with pytest.raises(ValueError, match="loss"):
+        TEMIClusterer(loss="kl", **SMALL).fit(np.random.rand(30, 2))
+
+
+def test_predict_errors(digits):
+    X, _ = digits
+    with pytest.raises(NotFittedError):
+        TEMIClusterer().predict(X)
+    model = TEMIClusterer(n_clusters=3, **SMALL).fit(X[:100])
+    with pytest.raises(ValueError, match="X has 10 features, but TEMIClusterer is expecting 64"):
+        model.predict(X[:5, :10])
+    with pytest.raises(ValueError, match="fitted on features"):
+        model.predict(np.zeros((2, 8, 8), dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- integration
+def test_pipeline_cross_validate_and_grid_search(digits):
+    X, y = digits
+    X, y = X[:600], y[:600]
+    pipeline = make_pipeline(StandardScaler(), TEMIClusterer(n_clusters=10, **SMALL))
+    result = cross_validate(
+        pipeline,
+        X,
+        y,
+        cv=KFold(2, shuffle=True, random_state=0),
+        scoring={"acc": clustering_accuracy, "nmi": "normalized_mutual_info_score"},
+    )
+    assert result["test_acc"].shape == (2,) and (result["test_acc"] > 0.3).all()
+    assert (result["test_nmi"] > 0.3).all()
+
+    grid = {"beta": [0.6, 1.0]}
+    cv = KFold(2, shuffle=True, random_state=0)
+    with_labels = GridSearchCV(TEMIClusterer(n_clusters=10, **SMALL), grid, cv=cv,
+                               scoring=clustering_accuracy).fit(X, y)
+    assert with_labels.best_params_["beta"] in (0.6, 1.0)
+    label_free = GridSearchCV(TEMIClusterer(n_clusters=10, **SMALL), grid, cv=cv).fit(X)
+    assert np.isfinite(label_free.cv_results_["mean_test_score"]).all()
+
+
+# --------------------------------------------------------------------------- quality
+# The documented small-data configuration: 4 heads, batch 256, lr 1e-3, 20 neighbours.
+QUALITY = dict(n_heads=4, batch_size=256, lr=1e-3, n_neighbors=20, min_steps=2000)
+
+
+def test_digits_accuracy_beats_kmeans(digits):
+    X, y = digits
+    kmeans_acc = clustering_accuracy_score(
+        y, KMeans(10, n_init=10, random_state=0).fit_predict(X)
+    )
+    start = time.perf_counter()
+    model = TEMIClusterer(n_clusters=10, random_state=0, **QUALITY).fit(X)
+    accuracy = clustering_accuracy_score(y, model.labels_)
+    print(f"TEMI digits ACC {accuracy:.3f} (KMeans {kmeans_acc:.3f}) "
+          f"in {time.perf_counter() - start:.0f}s")
+    assert accuracy >= 0.90
+    assert accuracy >= kmeans_acc + 0.08
