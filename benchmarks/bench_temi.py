@@ -35,7 +35,7 @@ from skdeepcluster.nn.losses import temi_pair_loss, update_cluster_prior
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
 #: The small-data configuration of the test suite and of the demo.
-DIGITS_CONFIG = dict(n_heads=4, batch_size=256, lr=1e-3, n_neighbors=20, min_steps=2000)
+DIGITS_CONFIG = dict(n_heads=4, batch_size=128, lr=1e-3, teacher_momentum=0.99, min_steps=3000)
 
 
 def load(dataset):
