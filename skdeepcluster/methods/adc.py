@@ -1,0 +1,506 @@
+"""ADC: Associative Deep Clustering (Haeusser, Plapp, Golkov, Aljalbout, Cremers, GCPR 2018)."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+from torch import nn
+from torch.nn import functional as F
+
+from ..base import BaseDeepClusterer
+from ..data import batch_to_tensor, iterate_batches
+from ..kmeans import kmeans
+from ..nn.augment import color_jitter, gaussian_noise, random_affine, random_resized_crop
+from ..nn.backbones import make_backbone
+from ..nn.losses import association_loss, norm_loss, trafo_loss
+
+__all__ = ["ADCClusterer"]
+
+#: Loss terms recorded in ``history_`` (unweighted batch means), besides the weighted ``loss``.
+_LOSS_TERMS = ("assoc_centroid", "assoc_aug", "norm", "classification", "trafo")
+
+
+class ADCNetwork(nn.Module):
+    """Backbone → linear embedding ``z``; centroid variables ``μ`` in the embedding space
+    (``n_centroids_per_cluster`` per cluster, labelled by their cluster); a linear logit layer
+    ``W`` mapping embeddings to cluster logits."""
+
+    def __init__(self, backbone, embedding_dim, n_clusters, n_centroids_per_cluster):
+        super().__init__()
+        self.backbone = backbone
+        self.embedding = nn.Linear(backbone.out_features, embedding_dim)
+        self.logits = nn.Linear(embedding_dim, n_clusters)
+        self.centroids = nn.Parameter(
+            torch.zeros(n_clusters * n_centroids_per_cluster, embedding_dim)
+        )
+        labels = torch.arange(n_clusters).repeat_interleave(n_centroids_per_cluster)
+        self.register_buffer("centroid_labels", labels)
+
+    def embed(self, x):
+        return self.embedding(self.backbone(x).flatten(1))
+
+    def forward(self, x):
+        return self.logits(self.embed(x))
+
+
+class ADCClusterer(BaseDeepClusterer):
+    """Associative deep clustering: a network trained jointly with centroid variables (ADC).
+
+    A network maps each sample to an embedding ``z``; trainable centroid variables ``μ`` live in
+    the same space (``n_centroids_per_cluster`` per cluster, sharing the cluster's surrogate
+    label). The loss (Eqs. 5-8 of the paper) is
+
+    ``alpha·L_assoc,c + beta·L_assoc,aug + gamma·L_norm + delta·L_trafo``
+    ``+ classification_weight·L_classification``, where
+
+    * ``L_assoc,c`` associates the centroids (labelled) with the plain samples of the batch
+      (unlabelled): walker loss (round trips centroid → sample → centroid should end at a
+      centroid of the same cluster) plus ``visit_weight`` × visit loss (every sample visited);
+    * ``L_assoc,aug`` associates ``n_augmentations`` augmented copies of every sample, labelled by
+      their source sample, with the plain samples;
+    * ``L_norm`` pulls the norm of every embedding and centroid to 1;
+    * ``L_classification`` trains the logit layer ``W`` to map every centroid to its label;
+    * ``L_trafo`` (Eq. 4) ties the similarity of two embeddings to the cross-entropy of their
+      cluster distributions, over the plain samples and one transformed copy of each.
+
+    Training (Sec. 3.1): a warm-up of ``warmup_epochs`` with ``L_assoc,aug`` and ``L_norm`` only;
+    then k-means on the embeddings of the whole training set initialises the centroids (copies
+    of each k-means centre plus uniform noise of ``centroid_noise``), the optimiser state is
+    reset, the other losses switch on and ``L_assoc,aug`` is scaled by ``aug_weight_decay``.
+    Adam (β1 = 0.8, β2 = 0.9) with a linear learning-rate warm-up and a step decay.
+    ``predict`` is the argmax of ``W z``: no clustering step after training.
+
+    Parameters
+    ----------
+    n_clusters : int, default=10
+        Number of clusters K.
+    backbone : {"auto", "mlp", "small_cnn", "resnet18"} or torch.nn.Module, default="auto"
+        Trained feature extractor, followed by a linear layer to ``embedding_dim``. ``"auto"``:
+        an MLP for features, :class:`~skdeepcluster.nn.backbones.SmallCNN` (a VGG-style convnet
+        like the paper's "VCNN") for images under 32 px, the CIFAR ResNet-18 from 32 px. A module
+        is deep-copied, never modified.
+    embedding_dim : int, default=128
+        Dimension of embeddings and centroids (paper: 128; 64 for its ResNet).
+    n_centroids_per_cluster : int, default=4
+        Centroid variables per cluster (authors' code: 4).
+    n_augmentations : int, default=4
+        Augmented copies of each sample in ``L_assoc,aug`` (paper: 4; authors' code: 3).
+    alpha : float, default=1.0
+        Weight of ``L_assoc,c`` (paper, Sec. 3.3).
+    beta : float, default=0.9
+        Weight of ``L_assoc,aug`` (paper). ``beta=0`` switches the augmentation association off
+        (the ablation): only the one augmented copy ``L_trafo`` needs is computed.
+    gamma : float, default=1e-5
+        Weight of ``L_norm``, a sum over vectors (paper; authors' code: 2e-4).
+    delta : float, default=2e-5
+        Weight of ``L_trafo`` (paper; authors' code: 0, i.e. off).
+    classification_weight : float, default=1.0
+        Weight of ``L_classification`` (paper: unweighted; authors' code: 0.5).
+    visit_weight : float, default=0.3
+        Visit-loss weight in ``L_assoc,c`` (paper, both associations; authors' code: 0.5).
+    aug_visit_weight : float or None, default=None
+        Visit-loss weight in ``L_assoc,aug``; None uses ``visit_weight`` (authors' code: 1.0).
+    aug_weight_decay : float, default=0.2
+        Factor applied to ``beta`` after the warm-up (authors' code, ``reg_decay_factor``; the
+        paper does not mention it: 1.0 keeps ``beta``).
+    kmeans_init : bool, default=True
+        Initialise the centroids by k-means after the warm-up. False keeps their random
+        initialisation (authors' code: a N(0, 0.3²) centre per cluster plus uniform noise of
+        ±0.01 per copy): the ablation of the k-means initialisation.
+    centroid_noise : float, default=1e-4
+        Half-width of the uniform noise added to the copies of each k-means centre (authors'
+        code).
+    warmup_epochs : int, default=8
+        Epochs of the warm-up stage (paper: 5 000 steps of 100 images, 8.3 MNIST epochs; MNIST:
+        1 000 steps).
+    max_epochs : int, default=100
+        Epochs of the clustering stage, after the warm-up. Not stated in the paper (authors'
+        code: 200 000 steps in all, 333 MNIST epochs).
+    batch_size : int, default=100
+        Plain samples per step (paper: 100 for the VCNN, 128 for the ResNet); capped at
+        n_samples. Each step also embeds ``n_augmentations × batch_size`` augmented copies.
+    lr : float, default=8e-4
+        Adam learning rate (paper; authors' code: 2e-4 to 1e-3).
+    weight_decay : float, default=0.0
+        Adam L2 penalty on the network weights (not on the centroids). Not used by the paper.
+    lr_warmup_epochs : int, default=3
+        Linear learning-rate warm-up from the first step (paper: 2 000 steps ≈ 3.3 MNIST
+        epochs). 0: none.
+    lr_decay_epochs : int, default=17
+        The learning rate is divided by ``lr_decay_factor`` every ``lr_decay_epochs`` epochs,
+        counted from the first step (paper: every 10 000 steps ≈ 16.7 MNIST epochs). 0: never.
+    lr_decay_factor : float, default=3.0
+        Divisor of the step decay (paper: 3).
+    flip : bool, default=True
+        Horizontal flips in the augmentations (paper). Use False for digits and text, whose
+        flipped versions are other symbols.
+    rotation : float, default=10.0
+        Maximal rotation of the augmentations, in degrees.
+    crop_scale : float, default=0.6
+        Smallest area fraction of the random crops (resized back to the input size).
+    noise_std : float, default=0.05
+        Standard deviation of the Gaussian pixel noise (images in [0, 1]).
+    feature_noise : float, default=0.2
+        Feature input only: the augmentation adds Gaussian noise of ``feature_noise`` × the
+        training standard deviation of each feature.
+    device : str or torch.device, default="auto"
+        ``"auto"``: CUDA when available, else CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialisation, shuffling, augmentations and k-means; an int makes CPU runs
+        reproducible.
+    verbose : int, default=0
+        Progress lines (stage, epoch, loss terms, seconds, ETA) when > 0; every epoch when > 1.
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of each training sample (``predict`` of the training data).
+    cluster_centers_ : ndarray of shape (n_clusters, embedding_dim)
+        One centre per cluster in the embedding space: the mean of its centroid variables.
+    centroids_ : ndarray of shape (n_clusters * n_centroids_per_cluster, embedding_dim)
+        All centroid variables, those of cluster k in rows ``k*m`` to ``(k+1)*m - 1``.
+    kmeans_labels_ : ndarray of shape (n_samples,) or None
+        The k-means clustering of the warm-up embeddings that initialised the centroids (None
+        when ``kmeans_init=False``).
+    history_ : list of dict
+        Per epoch: ``stage`` ("warmup" or "clustering"), ``epoch``, the unweighted loss terms
+        ``assoc_centroid``, ``assoc_aug``, ``norm``, ``classification``, ``trafo`` (batch means;
+        0 where a term is off), the weighted total ``loss``, ``lr`` and ``seconds``.
+    module_ : ADCNetwork
+        ``backbone``, ``embedding`` and ``logits`` layers and the ``centroids`` variables.
+    n_features_in_ : int
+        Number of features (values per image for image input).
+
+    See Also
+    --------
+    DeepClusterer : k-means on the embeddings as pseudo-labels, repeatedly.
+
+    Notes
+    -----
+    Haeusser, Plapp, Golkov, Aljalbout, Cremers, "Associative Deep Clustering: Training a
+    Classification Network with no Labels", GCPR 2018. Loss weights, visit weight, Adam
+    settings and the schedule are the paper's (Sec. 3); the authors' code values are reachable:
+    ``gamma=2e-4, delta=0, classification_weight=0.5, visit_weight=0.5, aug_visit_weight=1,
+    n_augmentations=3``.
+
+    Training length is counted in epochs like the other estimators (``warmup_epochs`` +
+    ``max_epochs``, each of ``n_samples // batch_size`` steps); the paper's step counts are
+    converted at MNIST scale (600 steps of 100 images per epoch).
+
+    Deviations, on purpose:
+
+    * ``L_trafo`` computes the cross-entropy of every pair, as Eq. (4) writes it; the authors'
+      code averages it over the batch before using it as the target.
+    * ``L_assoc,aug`` is scaled by ``aug_weight_decay`` = 0.2 after the warm-up, as in the
+      authors' code (the paper omits it).
+    * Plain and augmented samples pass the network as one batch (shared batch-norm statistics);
+      the authors' code embeds them in two calls.
+    * The learning-rate warm-up is linear (Goyal et al., whom the paper cites), not the
+      authors' logistic curve; the authors' L1 penalty on embeddings and L2 penalty on ``W``
+      (in neither the paper nor its loss) are left out.
+    * No early stopping on test accuracy, which the authors' code does (label use).
+    * Feature-vector input (not in the paper) is augmented by Gaussian noise only.
+
+    Augmentations (the paper's list): a random resized crop (area ``crop_scale`` to 1) with
+    optional horizontal flip, a rotation within ±``rotation`` degrees, colour jitter
+    (brightness, contrast, saturation, hue; the latter two no-ops on grey images), Gaussian noise.
+
+    ``transform`` returns the embedding ``z`` (``embedding_dim`` values). Each step costs one
+    forward/backward pass over ``(1 + n_augmentations) · batch_size`` samples plus association
+    matrices of size ``(n_augmentations · batch_size)²``; nothing of size n×n. The k-means
+    initialisation is faiss on the training embeddings.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skdeepcluster import ADCClusterer
+    >>> X, y = load_digits(return_X_y=True)
+    >>> model = ADCClusterer(n_clusters=10, warmup_epochs=1, max_epochs=1,
+    ...                      random_state=0).fit(X / 16)
+    >>> model.labels_.shape
+    (1797,)
+    >>> model.cluster_centers_.shape
+    (10, 128)
+    """
+
+    _parameter_constraints: dict = {
+        **BaseDeepClusterer._parameter_constraints,
+        "backbone": [StrOptions({"auto", "mlp", "small_cnn", "resnet18"}), nn.Module],
+        "embedding_dim": [Interval(Integral, 1, None, closed="left")],
+        "n_centroids_per_cluster": [Interval(Integral, 1, None, closed="left")],
+        "n_augmentations": [Interval(Integral, 1, None, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "beta": [Interval(Real, 0, None, closed="left")],
+        "gamma": [Interval(Real, 0, None, closed="left")],
+        "delta": [Interval(Real, 0, None, closed="left")],
+        "classification_weight": [Interval(Real, 0, None, closed="left")],
+        "visit_weight": [Interval(Real, 0, None, closed="left")],
+        "aug_visit_weight": [Interval(Real, 0, None, closed="left"), None],
+        "aug_weight_decay": [Interval(Real, 0, None, closed="left")],
+        "kmeans_init": ["boolean"],
+        "centroid_noise": [Interval(Real, 0, None, closed="left")],
+        "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "lr_warmup_epochs": [Interval(Integral, 0, None, closed="left")],
+        "lr_decay_epochs": [Interval(Integral, 0, None, closed="left")],
+        "lr_decay_factor": [Interval(Real, 1, None, closed="left")],
+        "flip": ["boolean"],
+        "rotation": [Interval(Real, 0, 180, closed="both")],
+        "crop_scale": [Interval(Real, 0, 1, closed="right")],
+        "noise_std": [Interval(Real, 0, None, closed="left")],
+        "feature_noise": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        n_clusters=10,
+        *,
+        backbone="auto",
+        embedding_dim=128,
+        n_centroids_per_cluster=4,
+        n_augmentations=4,
+        alpha=1.0,
+        beta=0.9,
+        gamma=1e-5,
+        delta=2e-5,
+        classification_weight=1.0,
+        visit_weight=0.3,
+        aug_visit_weight=None,
+        aug_weight_decay=0.2,
+        kmeans_init=True,
+        centroid_noise=1e-4,
+        warmup_epochs=8,
+        max_epochs=100,
+        batch_size=100,
+        lr=8e-4,
+        weight_decay=0.0,
+        lr_warmup_epochs=3,
+        lr_decay_epochs=17,
+        lr_decay_factor=3.0,
+        flip=True,
+        rotation=10.0,
+        crop_scale=0.6,
+        noise_std=0.05,
+        feature_noise=0.2,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_clusters = n_clusters
+        self.backbone = backbone
+        self.embedding_dim = embedding_dim
+        self.n_centroids_per_cluster = n_centroids_per_cluster
+        self.n_augmentations = n_augmentations
+        self.alpha = alpha
+        self.beta = beta
+        self.gamma = gamma
+        self.delta = delta
+        self.classification_weight = classification_weight
+        self.visit_weight = visit_weight
+        self.aug_visit_weight = aug_visit_weight
+        self.aug_weight_decay = aug_weight_decay
+        self.kmeans_init = kmeans_init
+        self.centroid_noise = centroid_noise
+        self.warmup_epochs = warmup_epochs
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_warmup_epochs = lr_warmup_epochs
+        self.lr_decay_epochs = lr_decay_epochs
+        self.lr_decay_factor = lr_decay_factor
+        self.flip = flip
+        self.rotation = rotation
+        self.crop_scale = crop_scale
+        self.noise_std = noise_std
+        self.feature_noise = feature_noise
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _check_fit_params(self, X):
+        if self.input_kind_ == "features" and self.backbone in ("small_cnn", "resnet18"):
+            raise ValueError(
+                f"backbone={self.backbone!r} needs image input, but X is a feature matrix of "
+                f"shape {X.shape}; use backbone='mlp' or 'auto'."
+            )
+        if X.shape[0] < 2:
+            raise ValueError(
+                "ADCClusterer needs at least 2 samples to train (batch normalisation); got 1 "
+                "sample."
+            )
+
+    # ------------------------------------------------------------------ augmentation
+    def _augment(self, x, generator, feature_std=None):
+        """τ of the paper: crop (+ flip), small rotation, colour jitter, Gaussian noise.
+        Feature vectors: Gaussian noise of ``feature_noise × feature_std``."""
+        if x.dim() == 2:
+            noise = torch.randn(x.shape, generator=generator).to(x.device)
+            return x + self.feature_noise * feature_std * noise
+        x = random_resized_crop(
+            x, generator, scale=(self.crop_scale, 1.0), flip_p=0.5 if self.flip else 0.0
+        )
+        x = random_affine(x, generator, degrees=self.rotation)
+        x = color_jitter(x, generator)
+        return gaussian_noise(x, generator, std=self.noise_std)
+
+    # ------------------------------------------------------------------ training
+    def _initial_centroids(self, generator):
+        """Authors' code: a N(0, 0.3²) centre per cluster plus U(−0.01, 0.01) per copy."""
+        m, d = self.n_centroids_per_cluster, self.embedding_dim
+        centres = 0.3 * torch.randn(self.n_clusters, d, generator=generator)
+        noise = 0.01 * (2 * torch.rand(self.n_clusters * m, d, generator=generator) - 1)
+        return centres.repeat_interleave(m, dim=0) + noise
+
+    def _kmeans_centroids(self, X, generator):
+        """k-means on the training embeddings; each centre copied ``m`` times plus noise."""
+        embeddings = self._apply_batched(X, self._transform_tensor)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        labels, centres, _ = kmeans(embeddings, self.n_clusters, seed=seed)
+        self.kmeans_labels_ = labels
+        m, d = self.n_centroids_per_cluster, self.embedding_dim
+        uniform = 2 * torch.rand(self.n_clusters * m, d, generator=generator) - 1
+        noise = self.centroid_noise * uniform
+        return torch.from_numpy(centres).repeat_interleave(m, dim=0) + noise
+
+    def _make_optimizer(self, network):
+        """A fresh Adam (β = (0.8, 0.9)); no weight decay on the centroid variables."""
+        weights = [p for name, p in network.named_parameters() if name != "centroids"]
+        return torch.optim.Adam(
+            [
+                {"params": weights, "weight_decay": self.weight_decay},
+                {"params": [network.centroids], "weight_decay": 0.0},
+            ],
+            lr=self.lr,
+            betas=(0.8, 0.9),
+        )
+
+    def _fit(self, X, device, generator):
+        n_samples = X.shape[0]
+        backbone = make_backbone(
+            "auto" if isinstance(self.backbone, nn.Module) else self.backbone,
+            self.input_kind_,
+            self.input_shape_,
+            user_module=self.backbone if isinstance(self.backbone, nn.Module) else None,
+        )
+        network = ADCNetwork(
+            backbone, self.embedding_dim, self.n_clusters, self.n_centroids_per_cluster
+        )
+        with torch.no_grad():
+            network.centroids.copy_(self._initial_centroids(generator))
+        self.module_ = network.to(device)
+        self.kmeans_labels_ = None
+        feature_std = None
+        if self.input_kind_ == "features":
+            feature_std = torch.from_numpy(X.std(axis=0)).float().to(device)
+
+        batch_size = min(self.batch_size, n_samples)
+        steps_per_epoch = n_samples // batch_size
+        lr_warmup_steps = self.lr_warmup_epochs * steps_per_epoch
+        lr_decay_steps = self.lr_decay_epochs * steps_per_epoch
+        aug_visit_weight = (
+            self.visit_weight if self.aug_visit_weight is None else self.aug_visit_weight
+        )
+        aug_labels = torch.arange(batch_size, device=device).repeat(self.n_augmentations)
+        state = {"step": 0, "clustering": False, "beta": self.beta}
+
+        def learning_rate(step):
+            lr = self.lr
+            if step < lr_warmup_steps:
+                lr *= (step + 1) / lr_warmup_steps
+            if lr_decay_steps:
+                lr /= self.lr_decay_factor ** (step // lr_decay_steps)
+            return lr
+
+        def run_epoch(epoch):
+            network.train()
+            clustering = state["clustering"]
+            sums = dict.fromkeys((*_LOSS_TERMS, "loss"), 0.0)
+            for indices in iterate_batches(
+                n_samples, batch_size, shuffle=True, generator=generator, drop_last=True
+            ):
+                plain = batch_to_tensor(X, indices, device)
+                # Augmented copies, copy-major: row r is a copy of sample r % batch_size.
+                n_copies = (
+                    self.n_augmentations if self.beta > 0 else int(clustering and self.delta > 0)
+                )
+                inputs = plain
+                if n_copies:
+                    copies = plain.repeat(n_copies, *([1] * (plain.dim() - 1)))
+                    inputs = torch.cat([plain, self._augment(copies, generator, feature_std)])
+                embeddings = network.embed(inputs)
+                z_plain, z_augmented = embeddings[:batch_size], embeddings[batch_size:]
+                terms = dict.fromkeys(_LOSS_TERMS, torch.zeros((), device=device))
+                if self.beta > 0:
+                    terms["assoc_aug"] = association_loss(
+                        z_augmented, z_plain, aug_labels, aug_visit_weight
+                    )
+                loss = state["beta"] * terms["assoc_aug"]
+                if clustering:
+                    centroids, labels = network.centroids, network.centroid_labels
+                    terms["assoc_centroid"] = association_loss(
+                        centroids, z_plain, labels, self.visit_weight
+                    )
+                    terms["classification"] = F.cross_entropy(network.logits(centroids), labels)
+                    terms["norm"] = norm_loss(torch.cat([embeddings, centroids]))
+                    if self.delta > 0:
+                        z_transformed = z_augmented[:batch_size]
+                        terms["trafo"] = trafo_loss(
+                            z_plain,
+                            z_transformed,
+                            network.logits(z_plain),
+                            network.logits(z_transformed),
+                        )
+                    loss = (
+                        loss
+                        + self.alpha * terms["assoc_centroid"]
+                        + self.delta * terms["trafo"]
+                        + self.classification_weight * terms["classification"]
+                    )
+                else:
+                    terms["norm"] = norm_loss(embeddings)
+                loss = loss + self.gamma * terms["norm"]
+
+                lr = learning_rate(state["step"])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                if loss.requires_grad:  # False only in a warm-up with beta = gamma = 0
+                    loss.backward()
+                    optimizer.step()
+                state["step"] += 1
+                for name, value in terms.items():
+                    sums[name] += float(value.detach())
+                sums["loss"] += float(loss.detach())
+            record = {name: value / steps_per_epoch for name, value in sums.items()}
+            record["lr"] = learning_rate(state["step"] - 1)
+            return record
+
+        optimizer = self._make_optimizer(network)
+        self._run_epochs("warmup", self.warmup_epochs, run_epoch)
+
+        # Sec. 3.1: centroids from k-means on the warm-up embeddings, a fresh optimiser, every
+        # loss on, the augmentation association scaled down.
+        if self.kmeans_init:
+            centroids = self._kmeans_centroids(X, generator)
+            with torch.no_grad():
+                network.centroids.copy_(centroids.to(device))
+        optimizer = self._make_optimizer(network)
+        state.update(clustering=True, beta=self.beta * self.aug_weight_decay)
+        self._run_epochs("clustering", self.max_epochs, run_epoch)
+
+        self.centroids_ = network.centroids.detach().cpu().numpy().copy()
+        self.cluster_centers_ = self.centroids_.reshape(
+            self.n_clusters, self.n_centroids_per_cluster, self.embedding_dim
+        ).mean(axis=1)
+
+    # ------------------------------------------------------------------ inference
+    def _proba_tensor(self, batch):
+        return torch.softmax(self.module_(batch), dim=1)
+
+    def _predict_tensor(self, batch):
+        return self.module_(batch).argmax(dim=1)
+
+    def _transform_tensor(self, batch):
+        return self.module_.embed(batch)
