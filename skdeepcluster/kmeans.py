@@ -5,7 +5,40 @@ import warnings
 import faiss
 import numpy as np
 
-__all__ = ["pca_whiten", "kmeans"]
+__all__ = ["train_pca_whitening", "pca_whiten", "kmeans"]
+
+#: Regulariser of the whitening, relative to the largest eigenvalue.
+WHITENING_EPSILON = 1e-6
+
+
+def train_pca_whitening(features, n_components=256):
+    """Train a faiss ``PCAMatrix`` (whitening: eigenvalue power −0.5) on ``features``.
+
+    Two numerical guards around faiss' float32 training, which change nothing for
+    well-conditioned data: the features are centred in float64 first (faiss' own centring in
+    float32 loses the variance of features whose mean is large against their spread, e.g.
+    pooled ReLU activations), and the eigenvalues are clipped at 0 and get ``1e-6 ×`` the
+    largest one added before the power (faiss' ``epsilon``), so that directions without variance
+    (dead units, rank < ``n_components``) are not divided by zero.
+
+    Returns
+    -------
+    matrix : faiss.PCAMatrix
+        Trained, mapping the raw features; apply it with
+        :func:`pca_whiten` (``matrix=``).
+    """
+    features = np.asarray(features)
+    mean = features.mean(axis=0, dtype=np.float64)
+    centred = np.ascontiguousarray(features - mean, dtype=np.float32)
+    n_components = min(n_components, *features.shape)
+    matrix = faiss.PCAMatrix(features.shape[1], n_components, -0.5)
+    matrix.train(centred)
+    eigenvalues = np.clip(faiss.vector_to_array(matrix.eigenvalues), 0.0, None)
+    faiss.copy_array_to_vector(eigenvalues.astype(np.float32), matrix.eigenvalues)
+    faiss.copy_array_to_vector(mean.astype(np.float32), matrix.mean)
+    matrix.epsilon = float(max(eigenvalues.max(), 1e-30) * WHITENING_EPSILON)
+    matrix.prepare_Ab()  # the whitened projection, with the regulariser and the true mean
+    return matrix
 
 
 def pca_whiten(features, n_components=256, *, matrix=None):
@@ -26,11 +59,7 @@ def pca_whiten(features, n_components=256, *, matrix=None):
     """
     features = np.ascontiguousarray(features, dtype=np.float32)
     if matrix is None:
-        n_components = min(n_components, *features.shape)
-        matrix = faiss.PCAMatrix(features.shape[1], n_components, -0.5)
-        matrix.train(features)
-        if not matrix.is_trained:  # pragma: no cover - faiss contract
-            raise RuntimeError("faiss PCAMatrix failed to train.")
+        matrix = train_pca_whitening(features, n_components)
     reduced = matrix.apply(features)
     reduced /= np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
     return reduced, matrix
