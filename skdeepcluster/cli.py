@@ -1,0 +1,343 @@
+"""The ``skdeepcluster`` command line (also ``python -m skdeepcluster``).
+
+Subcommands:
+
+* ``demo``: cluster scikit-learn's digits with TEMI, compare with k-means, draw the clusters.
+* ``cluster PATH``: cluster a folder of images; write ``labels.csv`` and one contact sheet per
+  cluster.
+"""
+
+import argparse
+import csv
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "make_estimator", "CLI_TEMI_PARAMS", "METHODS"]
+
+#: TEMI settings used by the command line (``demo`` and ``cluster``): few heads, a larger
+#: learning rate and a fixed number of optimiser steps, so that a run ends in minutes on a
+#: 2-core CPU. The one place to tune them.
+CLI_TEMI_PARAMS = {"n_heads": 4, "batch_size": 128, "lr": 1e-3, "min_steps": 3000}
+
+#: ``--method`` name → the estimator class exported by :mod:`skdeepcluster`. A method whose
+#: class is not in this installation is reported as unavailable.
+METHODS = {
+    "temi": "TEMIClusterer",
+    "scan": "SCANClusterer",
+    "deepcluster": "DeepClusterer",
+    "mmdc": "MMDCClusterer",
+    "adc": "ADCClusterer",
+}
+
+#: Images per contact sheet (the most confident of the cluster).
+CONTACT_SHEET_IMAGES = 64
+CONTACT_SHEET_THUMBNAIL = 96
+
+
+class CommandError(Exception):
+    """A problem with the user's input, reported as one line and a non-zero exit status."""
+
+
+def make_estimator(method, *, n_clusters, random_state=None, device="auto", verbose=1,
+                   n_heads=None, steps=None, epochs=None):
+    """Build the estimator named ``method`` with the command line's settings.
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`METHODS`.
+    n_clusters : int
+        Number of clusters.
+    random_state : int or None, default=None
+        Seed.
+    device : str, default="auto"
+        Torch device.
+    verbose : int, default=1
+        Progress printing.
+    n_heads, steps, epochs : int or None, default=None
+        Overrides of ``n_heads``, ``min_steps`` and ``max_epochs`` where the estimator has them.
+
+    Returns
+    -------
+    estimator : estimator instance
+        Unfitted.
+
+    Raises
+    ------
+    CommandError
+        When the method is unknown or its class is not in this installation.
+    """
+    import skdeepcluster
+
+    if method not in METHODS:
+        raise CommandError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    cls = getattr(skdeepcluster, METHODS[method], None)
+    if cls is None:
+        available = [m for m, name in METHODS.items() if hasattr(skdeepcluster, name)]
+        raise CommandError(
+            f"method {method!r} needs skdeepcluster.{METHODS[method]}, which this installation "
+            f"does not have; available: {', '.join(available)}."
+        )
+    estimator = cls()
+    names = estimator.get_params(deep=False)
+    params = {"n_clusters": n_clusters, "random_state": random_state, "device": device,
+              "verbose": verbose}
+    if method == "temi":
+        params.update(CLI_TEMI_PARAMS)
+    overrides = {"n_heads": n_heads, "min_steps": steps, "max_epochs": epochs}
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    estimator.set_params(**{k: v for k, v in params.items() if k in names})
+    return estimator
+
+
+# ---------------------------------------------------------------------- demo
+def _scores(y_true, y_pred):
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from .metrics import clustering_accuracy_score
+
+    return (
+        clustering_accuracy_score(y_true, y_pred),
+        normalized_mutual_info_score(y_true, y_pred),
+        adjusted_rand_score(y_true, y_pred),
+    )
+
+
+def _print_table(rows):
+    print(f"{'method':<10} {'ACC':>6} {'NMI':>6} {'ARI':>6} {'seconds':>8}")
+    for name, (acc, nmi, ari), seconds in rows:
+        print(f"{name:<10} {acc:6.3f} {nmi:6.3f} {ari:6.3f} {seconds:8.1f}")
+
+
+def _run_demo(args):
+    from sklearn.cluster import KMeans
+
+    from .datasets import load_digits_images
+
+    images, y = load_digits_images()
+    X = images.reshape(len(images), -1).astype(np.float64) / 255.0  # = pixels / 16
+    print(f"Clustering the {len(X)} digits of scikit-learn (8x8 pixels, 10 classes).", flush=True)
+    model = make_estimator(args.method, n_clusters=10, random_state=args.seed, device=args.device,
+                           verbose=1, n_heads=args.heads, steps=args.steps, epochs=args.epochs)
+    started = time.perf_counter()
+    model.fit(X)
+    model_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    kmeans = KMeans(n_clusters=10, n_init=10, random_state=args.seed).fit(X)
+    kmeans_seconds = time.perf_counter() - started
+    print()
+    _print_table([
+        (type(model).__name__.replace("Clusterer", ""), _scores(y, model.labels_), model_seconds),
+        ("KMeans", _scores(y, kmeans.labels_), kmeans_seconds),
+    ])
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        print("\nNo picture: matplotlib is missing (pip install 'skdeepcluster[pictures]').")
+        return 0
+    import matplotlib.pyplot as plt
+
+    from .display import ClusterGridDisplay
+
+    os.makedirs(args.output, exist_ok=True)
+    path = os.path.join(args.output, "demo_clusters.png")
+    display = ClusterGridDisplay.from_estimator(model, X, images=images, n_per_cluster=12)
+    display.figure_.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(display.figure_)
+    print(f"\nPicture of the clusters (most confident digits first): {os.path.abspath(path)}")
+    return 0
+
+
+# ---------------------------------------------------------------------- cluster
+def _contact_sheet(paths, out_path, *, columns=8, thumbnail=CONTACT_SHEET_THUMBNAIL):
+    """Save the images ``paths`` as a grid of thumbnails (Pillow only)."""
+    from PIL import Image
+
+    rows = max(1, -(-len(paths) // columns))
+    sheet = Image.new("RGB", (columns * (thumbnail + 4) + 4, rows * (thumbnail + 4) + 4), "white")
+    for position, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                image.thumbnail((thumbnail, thumbnail))
+                row, column = divmod(position, columns)
+                x = 4 + column * (thumbnail + 4) + (thumbnail - image.width) // 2
+                y = 4 + row * (thumbnail + 4) + (thumbnail - image.height) // 2
+                sheet.paste(image, (x, y))
+        except (OSError, ValueError):  # the file changed since it was embedded: leave a blank
+            continue
+    sheet.save(out_path)
+
+
+def _run_cluster(args):
+    from .datasets import IMAGE_EXTENSIONS, _walk_files, list_image_files
+    from .embedders import ImageEmbedder
+
+    folder = args.path
+    if not os.path.exists(folder):
+        raise CommandError(f"no such folder: {folder!r}.")
+    if not os.path.isdir(folder):
+        raise CommandError(f"{folder!r} is not a folder: give a folder of images.")
+    images = list_image_files(folder)
+    image_set = set(images)
+    skipped = [(p, "not an image file name") for p in _walk_files(folder) if p not in image_set]
+    if not images:
+        raise CommandError(
+            f"no image files in {folder!r} (looked for {', '.join(IMAGE_EXTENSIONS)}, "
+            f"recursively; {len(skipped)} other file(s))."
+        )
+    print(f"Found {len(images)} image file(s) in {folder}.", flush=True)
+
+    embedder = ImageEmbedder(args.embedder, image_size=args.image_size, batch_size=args.batch_size,
+                             device=args.device, verbose=1)
+    try:
+        embedder.fit()
+    except (ImportError, ValueError) as error:  # missing extra, unknown backbone
+        raise CommandError(str(error)) from error
+    print(f"Embedding with {args.embedder!r} ...", flush=True)
+    try:
+        X, kept, errors = embedder.embed_files(images, skip_errors=True)
+    except ValueError as error:  # none of the files could be read
+        raise CommandError(str(error)) from error
+    skipped.extend(errors)
+    paths = [images[i] for i in kept]
+    if len(paths) < args.n_clusters:
+        raise CommandError(
+            f"only {len(paths)} readable image(s) for --n-clusters={args.n_clusters}: need at "
+            "least one image per cluster."
+        )
+
+    estimator = make_estimator(args.method, n_clusters=args.n_clusters, random_state=args.seed,
+                               device=args.device, verbose=1, n_heads=args.heads,
+                               steps=args.steps, epochs=args.epochs)
+    print(f"Clustering {len(paths)} images into {args.n_clusters} clusters with "
+          f"{type(estimator).__name__} ...", flush=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        estimator.fit(X)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    labels = np.asarray(estimator.labels_)
+    if hasattr(estimator, "predict_proba"):
+        confidence = estimator.predict_proba(X).max(axis=1)
+    else:
+        confidence = np.full(len(paths), np.nan)
+
+    os.makedirs(args.output, exist_ok=True)
+    csv_path = os.path.join(args.output, "labels.csv")
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "cluster", "confidence"])
+        for path, label, conf in zip(paths, labels, confidence):
+            writer.writerow([os.path.relpath(path, folder), int(label), f"{conf:.4f}"])
+    width = len(str(args.n_clusters - 1))
+    print(f"\n{'cluster':>7} {'images':>7}  contact sheet")
+    for cluster in range(args.n_clusters):
+        members = np.flatnonzero(labels == cluster)
+        if members.size == 0:
+            print(f"{cluster:>7} {0:>7}  (empty)")
+            continue
+        order = members[np.argsort(-np.nan_to_num(confidence[members], nan=0.0), kind="stable")]
+        sheet_path = os.path.join(args.output, f"cluster_{cluster:0{width}d}.png")
+        _contact_sheet([paths[i] for i in order[:CONTACT_SHEET_IMAGES]], sheet_path)
+        print(f"{cluster:>7} {members.size:>7}  {sheet_path}")
+    print(f"\nLabels of {len(paths)} images: {csv_path}")
+    if skipped:
+        print(f"\nSkipped {len(skipped)} file(s):")
+        for path, reason in skipped:
+            print(f"  {path}: {reason}")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def _add_training_options(parser, *, default_method="temi"):
+    parser.add_argument("--method", default=default_method, choices=sorted(METHODS),
+                        help="clustering estimator (default: %(default)s)")
+    parser.add_argument("--heads", type=int, default=None,
+                        help=f"clustering heads (default: {CLI_TEMI_PARAMS['n_heads']} for TEMI)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="minimum optimiser steps, min_steps "
+                             f"(default: {CLI_TEMI_PARAMS['min_steps']} for TEMI)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="max_epochs (default: the estimator's)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto, cpu, cuda (default: auto)")
+    parser.add_argument("--output", default="skdeepcluster_output",
+                        help="folder for the results (default: %(default)s)")
+
+
+def _check_device(device):
+    from .base import resolve_device
+
+    try:
+        resolve_device(device)
+    except (ValueError, RuntimeError) as error:
+        raise CommandError(f"--device {device}: {error}") from error
+
+
+def build_parser():
+    """The :mod:`argparse` parser of the ``skdeepcluster`` command."""
+    parser = argparse.ArgumentParser(
+        prog="skdeepcluster",
+        description="Deep clustering with scikit-learn manners.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo", help="cluster scikit-learn's digits and compare with k-means",
+        description="Cluster the 1797 digits of scikit-learn, print ACC/NMI/ARI next to "
+                    "k-means and save a picture of the clusters.",
+    )
+    _add_training_options(demo)
+    cluster = commands.add_parser(
+        "cluster", help="cluster a folder of images",
+        description="Cluster the images of a folder (recursively). Writes labels.csv (file, "
+                    "cluster, confidence) and one contact sheet per cluster into --output.",
+    )
+    cluster.add_argument("path", help="folder of images")
+    cluster.add_argument("--n-clusters", type=int, default=10, help="number of clusters (default: 10)")
+    cluster.add_argument("--embedder", default="efficientnet-lite0",
+                         help="efficientnet-lite0 (pretrained, default), pixels, or a torchvision "
+                              "model name")
+    cluster.add_argument("--image-size", type=int, default=None,
+                         help="side of the images given to the embedder (default: its own)")
+    cluster.add_argument("--batch-size", type=int, default=64,
+                         help="images per embedding batch (default: 64)")
+    _add_training_options(cluster)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; return the exit status.
+
+    Parameters
+    ----------
+    argv : list of str or None, default=None
+        Arguments without the program name; None reads ``sys.argv``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 when the input cannot be clustered, 2 for a usage error.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for option in ("heads", "steps", "epochs", "n_clusters", "image_size", "batch_size"):
+        value = getattr(args, option, None)
+        if value is not None and value < (2 if option == "n_clusters" else 1):
+            parser.error(f"--{option.replace('_', '-')} must be at least "
+                         f"{2 if option == 'n_clusters' else 1}, got {value}.")
+    try:
+        _check_device(args.device)
+        if args.command == "demo":
+            return _run_demo(args)
+        return _run_cluster(args)
+    except CommandError as error:
+        print(f"skdeepcluster: error: {error}", file=sys.stderr)
+        return 1

