@@ -21,7 +21,8 @@ __all__ = ["main", "build_parser", "make_estimator", "CLI_TEMI_PARAMS", "METHODS
 #: TEMI settings used by the command line (``demo`` and ``cluster``): few heads, a larger
 #: learning rate and a fixed number of optimiser steps, so that a run ends in minutes on a
 #: 2-core CPU. The one place to tune them.
-CLI_TEMI_PARAMS = {"n_heads": 4, "batch_size": 128, "lr": 1e-3, "min_steps": 3000}
+CLI_TEMI_PARAMS = {"n_heads": 4, "batch_size": 128, "lr": 1e-3, "teacher_momentum": 0.99,
+                   "min_steps": 3000}
 
 #: ``--method`` name → the estimator class exported by :mod:`skdeepcluster`. A method whose
 #: class is not in this installation is reported as unavailable.
