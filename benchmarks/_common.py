@@ -30,6 +30,19 @@ def fashion_mnist(split):
     return images, labels
 
 
+def digits_images():
+    """The 1797 digits as uint8 images (n, 8, 8) in [0, 255], and their labels."""
+    digits = load_digits()
+    return (digits.images * 255 / 16).astype(np.uint8), digits.target
+
+
+def fashion_mnist_subset(n, seed=0):
+    """``n`` images drawn without replacement from the 60 000 Fashion-MNIST training images."""
+    images, labels = fashion_mnist("train")
+    keep = np.random.RandomState(seed).choice(len(labels), n, replace=False)
+    return images[keep], labels[keep]
+
+
 def digits_features():
     X, y = load_digits(return_X_y=True)
     return (X / 16).astype(np.float32), y

@@ -13,20 +13,16 @@ paper's full-dataset protocol); labels only score.
 """
 
 import argparse
-import gzip
 import json
 import os
 import time
 
 import numpy as np
 from sklearn.cluster import KMeans
-from sklearn.datasets import load_digits
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from skdeepcluster import ADCClusterer
-from skdeepcluster.metrics import clustering_accuracy_score
+from _common import digits_images, fashion_mnist_subset, scores
 
-FASHION = "/usr/share/datasets/fashion-mnist"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "adc.json")
 
 VARIANTS = {
@@ -35,29 +31,6 @@ VARIANTS = {
     "ADC without k-means init": {"kmeans_init": False},
     "ADC without aug. association": {"beta": 0.0},
 }
-
-
-def load_digit_images():
-    digits = load_digits()
-    return (digits.images * 255 / 16).astype(np.uint8), digits.target
-
-
-def load_fashion_subset(n, seed=0):
-    """``n`` images drawn without replacement from the 60 000 Fashion-MNIST training images."""
-    with gzip.open(os.path.join(FASHION, "train-images-idx3-ubyte.gz")) as handle:
-        images = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(os.path.join(FASHION, "train-labels-idx1-ubyte.gz")) as handle:
-        labels = np.frombuffer(handle.read(), np.uint8, offset=8).astype(np.int64)
-    keep = np.random.RandomState(seed).choice(len(labels), n, replace=False)
-    return images[keep], labels[keep]
-
-
-def scores(y, labels):
-    return {
-        "acc": clustering_accuracy_score(y, labels),
-        "nmi": normalized_mutual_info_score(y, labels),
-        "ari": adjusted_rand_score(y, labels),
-    }
 
 
 def adc_params(dataset, warmup_epochs, epochs):
@@ -136,7 +109,7 @@ def main():
     names = ("digits",) if args.quick else args.datasets
     loaders = {
         "digits": load_digit_images,
-        "fashion": lambda: load_fashion_subset(args.fashion_size),
+        "fashion": lambda: fashion_mnist_subset(args.fashion_size),
     }
     datasets = {name: loaders[name]() for name in names}
     schedule = {"digits": tuple(args.digits_epochs), "fashion": tuple(args.fashion_epochs)}

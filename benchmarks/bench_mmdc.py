@@ -9,7 +9,6 @@ scored on the same images (the paper's full-dataset protocol); labels only score
 """
 
 import argparse
-import gzip
 import json
 import os
 import time
@@ -17,37 +16,11 @@ import time
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.cluster import KMeans
-from sklearn.datasets import load_digits
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from skdeepcluster import MMDCClusterer
-from skdeepcluster.metrics import clustering_accuracy_score
+from _common import digits_images, fashion_mnist_subset, scores
 
-FASHION = "/usr/share/datasets/fashion-mnist"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mmdc.json")
-
-
-def load_digit_images():
-    digits = load_digits()
-    return (digits.images * 255 / 16).astype(np.uint8), digits.target
-
-
-def load_fashion_subset(n, seed=0):
-    """``n`` images drawn without replacement from the 60 000 Fashion-MNIST training images."""
-    with gzip.open(os.path.join(FASHION, "train-images-idx3-ubyte.gz")) as handle:
-        images = np.frombuffer(handle.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(os.path.join(FASHION, "train-labels-idx1-ubyte.gz")) as handle:
-        labels = np.frombuffer(handle.read(), np.uint8, offset=8).astype(np.int64)
-    keep = np.random.RandomState(seed).choice(len(labels), n, replace=False)
-    return images[keep], labels[keep]
-
-
-def scores(y, labels):
-    return {
-        "acc": clustering_accuracy_score(y, labels),
-        "nmi": normalized_mutual_info_score(y, labels),
-        "ari": adjusted_rand_score(y, labels),
-    }
 
 
 def mmdc_params(epochs, rotation, refine, augmentation):
@@ -149,7 +122,7 @@ def main():
     if args.quick:
         seeds, epochs["digits"] = [0], 10
     loaders = {"digits": load_digit_images,
-               "fashion-10k": lambda: load_fashion_subset(args.fashion_size)}
+               "fashion-10k": lambda: fashion_mnist_subset(args.fashion_size)}
     datasets = {name: loaders[name]() for name in names}
     methods = [m for m in METHODS if not args.methods or m in args.methods]
     rows = run(datasets, seeds, epochs, augmentations, methods, args.jobs)
