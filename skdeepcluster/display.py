@@ -8,6 +8,7 @@ matplotlib is imported only when a picture is drawn: ``pip install 'skdeepcluste
 """
 
 import numpy as np
+from sklearn.metrics.cluster import contingency_matrix
 
 from .data import check_images, is_image_array
 from .metrics import cluster_to_class_mapping
@@ -357,20 +358,15 @@ class ClusterConfusionDisplay:
         y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
         classes = np.unique(y_true)
         clusters = np.unique(y_pred)
-        sizes = {c.item(): int(np.sum(y_pred == c)) for c in clusters}
+        table = contingency_matrix(y_true, y_pred)  # classes × clusters, both sorted
+        sizes = {c.item(): int(n) for c, n in zip(clusters, table.sum(axis=0))}
         order = []
         for klass in classes:
             matched = [c for c, k in mapping.items() if k == klass.item()]
             order.extend(sorted(matched, key=lambda c: -sizes[c]))
         order.extend(c.item() for c in clusters if c.item() not in mapping)
-        class_index = {k.item(): i for i, k in enumerate(classes)}
-        cluster_index = {c: j for j, c in enumerate(order)}
-        contingency = np.zeros((len(classes), len(order)), dtype=np.int64)
-        np.add.at(
-            contingency,
-            ([class_index[k] for k in y_true.tolist()], [cluster_index[c] for c in y_pred.tolist()]),
-            1,
-        )
+        column = {c.item(): j for j, c in enumerate(clusters)}
+        contingency = table[:, [column[c] for c in order]]
         display = cls(contingency, classes, np.asarray(order), mapping)
         return display.plot(ax=ax, cmap=cmap, include_values=include_values)
 
