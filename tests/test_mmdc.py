@@ -254,19 +254,22 @@ def test_bad_input(blobs):
 
 
 # ---------------------------------------------------------------------- quality
-#: The test configuration: an MLP on the 8×8 pixels (the paper's small VGG does not fit 8 px
-#: images and a CNN is too slow for the suite's time budget), the "affine" transformation (crops
-#: of 8 px digits remove too much of them) and the authors' MNIST schedule: 50 epochs, lr ÷10
-#: after 40. MMDC's balanced targets sometimes merge two digits and split a third: seeds 0, 1,
-#: 2 of this configuration reach 0.79, 0.79, 0.91 ACC (benchmarks/results/mmdc.json), four
-#: other initialisations 0.90, 0.91, 0.90, 0.86. The test pins seed 2.
+#: The paper's MNIST recipe (Sec. IV-A): no rotation task ("used ... for all the datasets except
+#: MNIST"), refinement on, 50 epochs with lr ÷10 after 40. An MLP on the 8×8 pixels (the paper's
+#: small VGG does not fit 8 px images and a CNN is too slow for the suite's time budget) and the
+#: "affine" transformation (crops of 8 px digits remove too much of them). Refinement from epoch
+#: 20 (40 % of the run, as in benchmarks/bench_mmdc.py). Seeds 0, 1, 2 of this configuration
+#: reached 0.852, 0.820, 0.938 ACC in the benchmark (k-means 0.79): MMDC's balanced targets
+#: sometimes merge two digits and split a third. The test pins seed 0.
 QUALITY_PARAMS = dict(
     backbone="mlp",  # MLP(64 → 512 → 512), initialised inside fit under random_state
     augmentation="affine",
+    rotation_task=False,
+    refine_epoch=20,
     max_epochs=50,
     lr_decay_epochs=(40,),
     lr_decay_gamma=0.1,
-    random_state=2,
+    random_state=0,
 )
 
 
