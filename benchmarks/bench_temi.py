@@ -2,7 +2,7 @@
 batched versus looped heads.
 
     python benchmarks/bench_temi.py accuracy --dataset digits --seeds 0 1 2
-    python benchmarks/bench_temi.py accuracy --dataset fashion --seeds 0 --heads 4 --epochs 20
+    python benchmarks/bench_temi.py accuracy --dataset fashion --seeds 0 1 2 --epochs 10 --batch-size 512
     python benchmarks/bench_temi.py ablation --seeds 0 1 2
     python benchmarks/bench_temi.py mining --n 10000 60000
     python benchmarks/bench_temi.py heads --heads 50 --dim 784
@@ -62,6 +62,8 @@ def accuracy(args):
         params["n_heads"] = args.heads
     if args.epochs:
         params.update(max_epochs=args.epochs, min_steps=0)
+    if args.batch_size:
+        params["batch_size"] = args.batch_size
     if args.default:
         params = {}
     rows = [("KMeans (sklearn, n_init=10)",
@@ -196,6 +198,7 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--heads", type=int)
     p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--default", action="store_true", help="TEMIClusterer() defaults")
     p = sub.add_parser("ablation")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -53,14 +53,15 @@ for name, X in [("pixels", pixels), ("EfficientNet-Lite0", features)]:
 pipeline = make_pipeline(
     ImageEmbedder("efficientnet-lite0", image_size=64, batch_size=100),
     Normalizer(),
-    TEMIClusterer(n_clusters=10, n_heads=4, batch_size=128, lr=1e-3, max_epochs=1,
-                  min_steps=500, n_neighbors=20, random_state=0),
+    TEMIClusterer(n_clusters=10, n_heads=4, hidden_dim=256, n_neighbors=10, batch_size=64,
+                  min_steps=600, random_state=0),
 )
 labels = pipeline.fit_predict(images)
 print(f"TEMI pipeline ACC {clustering_accuracy_score(y, labels):.3f}")
 
 # %%
-# 500 optimiser steps on 500 images is a tiny budget for TEMI (its paper trains 200 epochs of
-# large data sets), and on a CPU it may not yet reach k-means on the same embeddings: compare
-# the two on your own data, as :doc:`/choosing` advises, and give TEMI more steps
-# (``min_steps``) when it is behind.
+# The TEMI settings are sized for a CPU and 500 images: 4 heads instead of the paper's 50,
+# narrower heads, 10 neighbours (50 neighbours is 10 % of this data set) and 600 optimiser
+# steps (the teacher momentum follows the run's length, see ``teacher_momentum="auto"``). On
+# 300 Fashion-MNIST images the test suite measures k-means 0.48 on pixels, 0.56 on the
+# embeddings and 0.65 for this pipeline.
