@@ -286,3 +286,32 @@ def test_torchvision_weights_names_resolve_without_download(tmp_path):
     assert _resolve_torchvision_weights("resnet18", default) is default
     with pytest.raises(ValueError, match="not both"):
         ImageEmbedder("resnet18", weights="DEFAULT", weights_path=tmp_path / "w.pt").fit()
+
+
+def test_torchvision_weights_load_through_the_hub_cache_with_their_preprocessing(tmp_path):
+    """``weights=`` goes through torchvision's own loading (download-and-cache): a file already
+    in the hub cache is used without network, and the weights' ``transforms()`` preprocess."""
+    import os
+    from urllib.parse import urlparse
+
+    weights = torchvision.models.MobileNet_V3_Small_Weights.DEFAULT
+    torch.manual_seed(0)
+    network = torchvision.models.mobilenet_v3_small(weights=None).eval()
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(network.state_dict(), cache / os.path.basename(urlparse(weights.url).path))
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        embedder = ImageEmbedder("mobilenet_v3_small", weights="DEFAULT").fit()
+    finally:
+        torch.hub.set_dir(previous)
+    images, _ = _digits(3)
+    features = embedder.transform(images)
+
+    network.classifier = nn.Identity()
+    batch = torch.from_numpy(images).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        expected = network(weights.transforms()(batch)).numpy()
+    assert features.shape == (3, 576)
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
