@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor
 from ..kmeans import kmeans, pca_whiten, train_pca_whitening
-from ..nn.augment import weak_augment
+from ..nn.augment import small_image_affine, weak_augment
 from ..nn.backbones import Sobel, make_backbone
 from ..pic import power_iteration_clustering
 
@@ -142,6 +142,12 @@ class DeepClusterer(BaseDeepClusterer):
     crop_scale : tuple of float, default=(0.08, 1.0)
         Area range of the random resized crops (torchvision's ``RandomResizedCrop`` default,
         which the authors use).
+    augmentation : {"crop", "affine", "none"} or callable, default="crop"
+        Training augmentation of image input. ``"crop"``: the paper's random resized crops
+        (``crop_scale``) and, when ``flip``, horizontal flips. ``"affine"`` (not in the paper):
+        a rotation in ±15° and a shift of up to 10 % of the side, for tiny images where a crop
+        removes much of the object (see Notes, "Small data"). A callable ``g(batch, generator)``
+        maps a float tensor (B, C, H, W) to one of the same shape.
     n_neighbors : int, default=5
         PIC: neighbours per node of the kNN graph (paper: 5).
     sigma : float, default=0.2
@@ -237,14 +243,16 @@ class DeepClusterer(BaseDeepClusterer):
 
     Small data (what the tests and benchmark measured on 8×8 digits, K = 10): with the paper's
     values the training *degrades* the random network's features (k-means ACC ~0.8 at
-    initialisation, 0.45–0.65 after 10–20 epochs); the three changes that make DeepCluster beat
-    k-means on pixels are ``n_components`` ≈ K (above), light crops (``crop_scale=(0.8, 1.0)``:
-    a crop of 8 % of an 8×8 image is 2×2 pixels) and more steps per reassignment
-    (``batch_size=32``). The features peak after ~15 epochs and then slowly decline; the
-    paper's 500 epochs are for ImageNet. Even so the result depends strongly on the seed: six
-    runs of that configuration (15 epochs) gave ACC 0.65, 0.69, 0.76, 0.78, 0.83, 0.86
-    (k-means on pixels: 0.79); 4 seeds each of lr=0.01 (mean 0.59), reassign=2 (0.71),
-    10 epochs (0.74) and n_components=16 (0.77) did not make it steadier.
+    initialisation, 0.45–0.65 after 10–20 epochs). What makes DeepCluster beat k-means on
+    pixels there: ``n_components`` ≈ K (above), more steps per reassignment (``batch_size=32``)
+    and, above all, an augmentation that suits 8-pixel images, ``augmentation="affine"``
+    (±15° rotations, 10 % shifts) instead of the paper's random resized crops, which on an
+    8×8 image either remove most of the digit or, kept light (``crop_scale=(0.8, 1)``), teach
+    almost no invariance. Six initialisations (seeds 0–5, 1 797 digits, Sobel + small CNN):
+    light crops, 15 epochs: ACC 0.876, 0.696, 0.679, 0.659, 0.837, 0.743 (mean 0.748);
+    affine, 25 epochs: 0.914, 0.801, 0.936, 0.850, 0.960, 0.878 (mean 0.890; k-means on
+    pixels 0.79). Tried without gain (six seeds each, light crops): ``n_pseudo_labels=30``
+    (mean 0.703), 50 with 32 components (0.743), no Sobel (0.737), an MLP (0.797).
 
     The final clustering uses sklearn's ``KMeans`` (k-means++ seeding, ``n_init`` restarts)
     instead of one faiss run: on digits a single randomly-seeded 20-iteration run lands 5–15
@@ -284,6 +292,7 @@ class DeepClusterer(BaseDeepClusterer):
         "sobel": ["boolean"],
         "flip": ["boolean"],
         "crop_scale": [tuple],
+        "augmentation": [StrOptions({"crop", "affine", "none"}), callable],
         "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "sigma": [Interval(Real, 0, None, closed="neither")],
         "alpha": [Interval(Real, 0, 1, closed="right")],
@@ -306,6 +315,7 @@ class DeepClusterer(BaseDeepClusterer):
         sobel=True,
         flip=False,
         crop_scale=(0.08, 1.0),
+        augmentation="crop",
         n_neighbors=5,
         sigma=0.2,
         alpha=1e-3,
@@ -331,6 +341,7 @@ class DeepClusterer(BaseDeepClusterer):
         self.sobel = sobel
         self.flip = flip
         self.crop_scale = crop_scale
+        self.augmentation = augmentation
         self.n_neighbors = n_neighbors
         self.sigma = sigma
         self.alpha = alpha
@@ -343,6 +354,21 @@ class DeepClusterer(BaseDeepClusterer):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+
+    def _augment(self, batch, generator):
+        if callable(self.augmentation):
+            out = self.augmentation(batch, generator)
+            if not isinstance(out, torch.Tensor) or out.shape != batch.shape:
+                raise ValueError(
+                    "augmentation must return a tensor of the shape of its input batch "
+                    f"{tuple(batch.shape)}, got {getattr(out, 'shape', type(out))}."
+                )
+            return out
+        if self.augmentation == "crop":
+            return weak_augment(batch, generator, flip=self.flip, scale=self.crop_scale)
+        if self.augmentation == "affine":
+            return small_image_affine(batch, generator)
+        return batch
 
     def _check_fit_params(self, X):
         if X.shape[0] < 2:
@@ -521,7 +547,7 @@ class DeepClusterer(BaseDeepClusterer):
             indices = order[start : start + batch_size]
             batch = batch_to_tensor(X, indices, device)
             if images:
-                batch = weak_augment(batch, generator, flip=self.flip, scale=self.crop_scale)
+                batch = self._augment(batch, generator)
             logits = classifier(self._features(batch))
             loss = F.cross_entropy(logits, labels[indices.to(device)])  # Eq. (1)
             for optimizer in optimizers:

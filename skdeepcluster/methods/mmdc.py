@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor, iterate_batches
 from ..nn.augment import color_jitter, random_affine, random_grayscale, random_resized_crop
-from ..nn.augment import rotate_quarters
+from ..nn.augment import rotate_quarters, small_image_affine
 from ..nn.backbones import Sobel, make_backbone
 
 __all__ = ["MMDCClusterer", "sample_mixture_targets", "reassign_batch_targets"]
@@ -119,13 +119,6 @@ def _crop_rotate(x, generator):
     return random_affine(x, generator, degrees=25.0)
 
 
-def _affine(x, generator):
-    """A geometric transformation g for tiny images (not in the paper): a random rotation in
-    ±15° and a translation of up to ±10 % of the side, no crop (on 8 px digits a crop removes
-    a large part of the digit)."""
-    return random_affine(x, generator, degrees=15.0, translate=0.1)
-
-
 def _rotation_crop(x, generator):
     """Input of the RotNet epoch: a random crop only (authors' code), then the four turns."""
     return random_resized_crop(x, generator, scale=(0.5, 1.0), ratio=(1.0, 1.0), flip_p=0.0)
@@ -134,7 +127,7 @@ def _rotation_crop(x, generator):
 _AUGMENTATIONS = {
     "crop_flip_jitter": _crop_flip_jitter,
     "crop_rotate": _crop_rotate,
-    "affine": _affine,
+    "affine": small_image_affine,
 }
 
 

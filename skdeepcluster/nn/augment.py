@@ -87,6 +87,13 @@ def random_affine(x, generator, degrees=0.0, translate=0.0, shear=0.0):
     return _warp(x, _affine_matrices(n, device, angle, sx, sy, tx, ty))
 
 
+def small_image_affine(x, generator):
+    """A geometric augmentation for tiny images (not from a paper): a random rotation in ±15°
+    and a translation of up to ±10 % of the side, no crop (on 8 px digits a crop removes a large
+    part of the digit)."""
+    return random_affine(x, generator, degrees=15.0, translate=0.1)
+
+
 def _grey(x):
     return TF.rgb_to_grayscale(x) if x.shape[1] == 3 else x
 
