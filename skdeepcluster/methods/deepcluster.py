@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor
 from ..kmeans import kmeans, pca_whiten, train_pca_whitening
-from ..nn.augment import small_image_affine, weak_augment
+from ..nn.augment import apply_user_augmentation, small_image_affine, weak_augment
 from ..nn.backbones import Sobel, make_backbone
 from ..pic import power_iteration_clustering
 
@@ -357,13 +357,7 @@ class DeepClusterer(BaseDeepClusterer):
 
     def _augment(self, batch, generator):
         if callable(self.augmentation):
-            out = self.augmentation(batch, generator)
-            if not isinstance(out, torch.Tensor) or out.shape != batch.shape:
-                raise ValueError(
-                    "augmentation must return a tensor of the shape of its input batch "
-                    f"{tuple(batch.shape)}, got {getattr(out, 'shape', type(out))}."
-                )
-            return out
+            return apply_user_augmentation(self.augmentation, batch, generator)
         if self.augmentation == "crop":
             return weak_augment(batch, generator, flip=self.flip, scale=self.crop_scale)
         if self.augmentation == "affine":

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor, iterate_batches
 from ..nn.augment import color_jitter, random_affine, random_grayscale, random_resized_crop
-from ..nn.augment import rotate_quarters, small_image_affine
+from ..nn.augment import apply_user_augmentation, rotate_quarters, small_image_affine
 from ..nn.backbones import Sobel, make_backbone
 
 __all__ = ["MMDCClusterer", "sample_mixture_targets", "reassign_batch_targets"]
@@ -380,13 +380,7 @@ class MMDCClusterer(BaseDeepClusterer):
     # ------------------------------------------------------------------ training
     def _augment(self, batch, generator):
         if callable(self.augmentation):
-            out = self.augmentation(batch, generator)
-            if not isinstance(out, torch.Tensor) or out.shape != batch.shape:
-                raise ValueError(
-                    "augmentation must return a tensor of the shape of its input batch "
-                    f"{tuple(batch.shape)}."
-                )
-            return out
+            return apply_user_augmentation(self.augmentation, batch, generator)
         if self.input_kind_ == "features" or self.augmentation == "none":
             return batch
         return _AUGMENTATIONS[self.augmentation](batch, generator)

@@ -94,6 +94,17 @@ def small_image_affine(x, generator):
     return random_affine(x, generator, degrees=15.0, translate=0.1)
 
 
+def apply_user_augmentation(function, batch, generator):
+    """``function(batch, generator)``, checked to return a tensor of the batch's shape."""
+    out = function(batch, generator)
+    if not isinstance(out, torch.Tensor) or out.shape != batch.shape:
+        raise ValueError(
+            "augmentation must return a tensor of the shape of its input batch "
+            f"{tuple(batch.shape)}, got {getattr(out, 'shape', type(out))}."
+        )
+    return out
+
+
 def _grey(x):
     return TF.rgb_to_grayscale(x) if x.shape[1] == 3 else x
 
