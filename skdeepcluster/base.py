@@ -13,6 +13,7 @@ The base validates input, seeds everything, picks the device, batches inference,
 
 import copy
 import time
+from abc import ABCMeta, abstractmethod
 import warnings
 from numbers import Integral, Real
 
@@ -43,7 +44,7 @@ def resolve_device(device):
     return device
 
 
-class BaseDeepClusterer(ClusterMixin, BaseEstimator):
+class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class of the deep clustering estimators. Not for direct use.
 
     Parameters shared by every estimator: ``n_clusters``, ``backbone``, ``max_epochs``,
@@ -149,8 +150,9 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
     def _check_fit_params(self, X):
         """Method-specific checks of parameters against the data, before any training."""
 
+    @abstractmethod
     def _fit(self, X, device, generator):
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Build ``self.module_`` and train it (see the module docstring)."""
 
     def _run_epochs(self, stage, n_epochs, run_epoch):
         """Run ``run_epoch(epoch) -> dict`` ``n_epochs`` times, record and report each epoch."""
@@ -202,11 +204,13 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator):
                 outputs.append(function(batch_to_tensor(X, indices, device)).cpu())
         return torch.cat(outputs).numpy()
 
+    @abstractmethod
     def _proba_tensor(self, batch):
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Soft assignments (B, n_clusters) of one float32 batch on the module's device."""
 
+    @abstractmethod
     def _transform_tensor(self, batch):
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Learned representation (B, d) of one float32 batch on the module's device."""
 
     def _predict_tensor(self, batch):
         return self._proba_tensor(batch).argmax(dim=1)
