@@ -62,8 +62,8 @@ for name, labels in [("DeepCluster", deepcluster.labels_), ("KMeans", kmeans.lab
           f"{normalized_mutual_info_score(y, labels):.3f}  {adjusted_rand_score(y, labels):.3f}")
 
 # %%
-# DeepCluster ends well ahead of k-means on the pixels here. The result still depends on the
-# seed: three seeds of this configuration gave 0.80 to 0.94 accuracy (k-means: 0.79), and with
+# The result depends on the seed (and, through floating-point sums, on the thread count): three
+# seeds of this configuration gave 0.80 to 0.94 accuracy on one thread (k-means: 0.79), and with
 # the paper's crops instead of the affine augmentation the mean fell below k-means (see
 # :doc:`/benchmarks`). Compare several seeds before drawing conclusions.
 
