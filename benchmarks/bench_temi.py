@@ -4,6 +4,7 @@ batched versus looped heads.
     python benchmarks/bench_temi.py accuracy --dataset digits --seeds 0 1 2
     python benchmarks/bench_temi.py accuracy --dataset fashion --seeds 0 1 2 --epochs 10 --batch-size 512
     python benchmarks/bench_temi.py ablation --seeds 0 1 2
+    python benchmarks/bench_temi.py rules --seeds 0
     python benchmarks/bench_temi.py mining --n 10000 60000
     python benchmarks/bench_temi.py heads --heads 50 --dim 784
 
@@ -90,6 +91,29 @@ def ablation(args):
     save("temi_ablation", {"config": DIGITS_CONFIG, "seeds": args.seeds, "rows": rows})
 
 
+#: The small-data rule study (doc/benchmarks.rst): 4 heads, digits, seed 0.
+RULE_CONFIGS = [
+    dict(batch_size=512, min_steps=2000, teacher_momentum=0.996),
+    dict(batch_size=512, min_steps=2000, teacher_momentum=0.996, lr=1e-3),
+    dict(batch_size=128, min_steps=3000, teacher_momentum=0.996, lr=1e-3),
+    dict(batch_size=512, min_steps=2000, teacher_momentum=0.99),
+    dict(batch_size=512, min_steps=2000),  # the defaults: "auto" momentum → 0.985
+    dict(batch_size=128, min_steps=3000),  # the test's configuration: "auto" → 0.99
+    dict(batch_size=112, min_steps=2000, teacher_momentum=0.985),
+]
+
+
+def rules(args):
+    X, y, _, _ = load("digits")
+    rows = []
+    for config in RULE_CONFIGS:
+        params = {"n_heads": 4, **config}
+        rows.append((str(config), summarize([temi_run(params, X, X, y, s) for s in args.seeds])))
+        print_table(rows[-1:], "")
+    print_table(rows, f"digits, 4 heads, seeds {args.seeds}")
+    save("temi_rules", {"seeds": args.seeds, "rows": rows})
+
+
 MINING_CHILD = """
 import resource, sys, time, numpy as np
 sys.path.insert(0, {bench_dir!r})
@@ -156,34 +180,42 @@ def heads(args):
         for t, s in zip(teacher.parameters(), student.parameters()):
             t.mul_(0.996).add_(s.detach(), alpha=0.004)
 
-    results = {}
+    variants = {}
     for name, ema in [("batched", ema_batched), ("loop", ema_loop)]:
         student = make(name)
         teacher = make(name).requires_grad_(False)
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
-        prior = torch.full((args.heads, k), 1 / k)
+        variants[name] = [student, teacher, optimizer, ema, torch.full((args.heads, k), 1 / k)]
 
-        def step():
-            nonlocal prior
-            s = student(x)
-            with torch.no_grad():
-                t = teacher(x)
-                prior = update_cluster_prior(prior, torch.softmax(t / 0.1, -1), 0.9)
-            loss = temi_pair_loss(s.chunk(2, 1), t.chunk(2, 1), prior.log(), beta=0.6, tau=0.1)
-            optimizer.zero_grad()
-            loss.mean().backward()
-            optimizer.step()
-            with torch.no_grad():
-                ema(teacher, student)
+    def step(name):
+        student, teacher, optimizer, ema, prior = variants[name]
+        s = student(x)
+        with torch.no_grad():
+            t = teacher(x)
+            prior = update_cluster_prior(prior, torch.softmax(t / 0.1, -1), 0.9)
+        variants[name][4] = prior
+        loss = temi_pair_loss(s.chunk(2, 1), t.chunk(2, 1), prior.log(), beta=0.6, tau=0.1)
+        optimizer.zero_grad()
+        loss.mean().backward()
+        optimizer.step()
+        with torch.no_grad():
+            ema(teacher, student)
 
-        step()  # warm-up
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            step()
-        results[name] = (time.perf_counter() - start) / args.steps
+    # Interleaved (batched, loop, batched, ...) after one warm-up step each, so that a change
+    # of machine load hits both variants alike; the median step time is reported.
+    times = {name: [] for name in variants}
+    for name in variants:
+        step(name)
+    for _ in range(args.steps):
+        for name in variants:
+            start = time.perf_counter()
+            step(name)
+            times[name].append(time.perf_counter() - start)
+    results = {name: float(np.median(values)) for name, values in times.items()}
+    for name, seconds in results.items():
         print(f"{name:8s} {args.heads} heads, d={d}, batch {batch} pairs: "
-              f"{results[name] * 1000:.0f} ms per step, "
-              f"{results[name] * args.steps_per_epoch:.0f} s per epoch of "
+              f"{seconds * 1000:.0f} ms per step (median of {args.steps}), "
+              f"{seconds * args.steps_per_epoch:.0f} s per epoch of "
               f"{args.steps_per_epoch} steps ({torch.get_num_threads()} thread(s))", flush=True)
     save("temi_heads", {"heads": args.heads, "dim": d, "batch": batch,
                         "steps_per_epoch": args.steps_per_epoch, "s_per_step": results,
@@ -203,6 +235,8 @@ def main():
     p = sub.add_parser("ablation")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-heads", type=int, default=50)
+    p = sub.add_parser("rules")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p = sub.add_parser("mining")
     p.add_argument("--n", type=int, nargs="+", default=[10000, 60000])
     p = sub.add_parser("heads")
@@ -211,7 +245,9 @@ def main():
     p.add_argument("--dim", type=int, default=784, help="input features (Fashion pixels: 784)")
     p.add_argument("--steps-per-epoch", type=int, default=117)
     args = parser.parse_args()
-    {"accuracy": accuracy, "ablation": ablation, "mining": mining, "heads": heads}[args.part](args)
+    parts = {"accuracy": accuracy, "ablation": ablation, "rules": rules, "mining": mining,
+             "heads": heads}
+    parts[args.part](args)
 
 
 if __name__ == "__main__":
