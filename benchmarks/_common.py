@@ -69,6 +69,16 @@ def summarize(runs):
             for k in keys}
 
 
+def add_seed_stats(row, per_seed, keys=("acc", "nmi", "ari")):
+    """Per-seed values, mean and std of each score key, written into ``row``."""
+    for key in keys:
+        values = [run[key] for run in per_seed]
+        row[key] = values
+        row[f"{key}_mean"] = float(np.mean(values))
+        row[f"{key}_std"] = float(np.std(values))
+    return row
+
+
 def print_table(rows, title):
     """rows: list of (name, summary) → an RST grid-like simple table on stdout."""
     print(f"\n{title}\n")

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from skdeepcluster import ADCClusterer
-from _common import digits_images, fashion_mnist_subset, scores
+from _common import add_seed_stats, digits_images, fashion_mnist_subset, scores
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "adc.json")
 
@@ -69,12 +69,7 @@ def run(datasets, methods, seeds, schedule):
             row = {"dataset": name, "method": method, "n_samples": len(y),
                    "epochs": None if variant is None else f"{warmup_epochs}+{epochs}",
                    "seeds": list(seeds), "seconds_mean": float(np.mean(times))}
-            for key in ("acc", "nmi", "ari"):
-                values = [s[key] for s in per_seed]
-                row[key] = values
-                row[f"{key}_mean"] = float(np.mean(values))
-                row[f"{key}_std"] = float(np.std(values))
-            rows.append(row)
+            rows.append(add_seed_stats(row, per_seed))
     return rows
 
 
@@ -108,7 +103,7 @@ def main():
     seeds = range(1 if args.quick else args.seeds)
     names = ("digits",) if args.quick else args.datasets
     loaders = {
-        "digits": load_digit_images,
+        "digits": digits_images,
         "fashion": lambda: fashion_mnist_subset(args.fashion_size),
     }
     datasets = {name: loaders[name]() for name in names}

@@ -11,7 +11,6 @@ features.
 """
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -22,21 +21,19 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from _common import fashion_mnist
 from skdeepcluster import DeepClusterer, load_digits_images
 from skdeepcluster.kmeans import kmeans, pca_whiten, train_pca_whitening
 from skdeepcluster.metrics import clustering_accuracy_score, overclustering_accuracy_score
 from skdeepcluster.nn.backbones import SmallCNN
 
-FASHION = "/usr/share/datasets/fashion-mnist"
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "deepcluster.json")
 
 
 def load_fashion(n):
-    with gzip.open(os.path.join(FASHION, "train-images-idx3-ubyte.gz")) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(os.path.join(FASHION, "train-labels-idx1-ubyte.gz")) as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)
-    return images[:n].copy(), labels[:n].astype(np.int64)
+    """The first ``n`` Fashion-MNIST training images and their labels."""
+    images, labels = fashion_mnist("train")
+    return images[:n].copy(), labels[:n]
 
 
 def scores(y, labels):

@@ -18,7 +18,7 @@ from joblib import Parallel, delayed
 from sklearn.cluster import KMeans
 
 from skdeepcluster import MMDCClusterer
-from _common import digits_images, fashion_mnist_subset, scores
+from _common import add_seed_stats, digits_images, fashion_mnist_subset, scores
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mmdc.json")
 
@@ -80,12 +80,7 @@ def run(datasets, seeds, epochs, augmentations, methods, jobs):
                    "epochs": None if METHODS[method] is None else epochs[name],
                    "augmentation": None if METHODS[method] is None else augmentations[name],
                    "seeds": list(seeds), "seconds_mean": float(np.mean(times))}
-            for key in ("acc", "nmi", "ari"):
-                values = [s[key] for s in per_seed]
-                row[key] = values
-                row[f"{key}_mean"] = float(np.mean(values))
-                row[f"{key}_std"] = float(np.std(values))
-            rows.append(row)
+            rows.append(add_seed_stats(row, per_seed))
     return rows
 
 
@@ -121,7 +116,7 @@ def main():
     names = ["digits"] if args.quick else args.datasets
     if args.quick:
         seeds, epochs["digits"] = [0], 10
-    loaders = {"digits": load_digit_images,
+    loaders = {"digits": digits_images,
                "fashion-10k": lambda: fashion_mnist_subset(args.fashion_size)}
     datasets = {name: loaders[name]() for name in names}
     methods = [m for m in METHODS if not args.methods or m in args.methods]
