@@ -17,7 +17,6 @@ Usage::
 """
 
 import argparse
-import gzip
 import json
 import os
 import time
@@ -25,27 +24,10 @@ import time
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
-from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from _common import digits_images, fashion_mnist_subset
 from skdeepcluster import SCANClusterer, clustering_accuracy_score
-
-FASHION = "/usr/share/datasets/fashion-mnist"
-
-
-def load_fashion(n_samples, seed=0):
-    with gzip.open(os.path.join(FASHION, "train-images-idx3-ubyte.gz")) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(os.path.join(FASHION, "train-labels-idx1-ubyte.gz")) as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    keep = np.random.RandomState(seed).choice(len(images), n_samples, replace=False)
-    return images[keep], labels[keep]
-
-
-def load_digit_images():
-    data = load_digits()
-    return (data.images * 255 / 16).astype(np.uint8), data.target
-
 
 #: Per data set: the pretext configuration and the clustering configuration (CPU budget).
 CONFIGS = {
@@ -140,7 +122,7 @@ def main():
     results = {"command": "python benchmarks/bench_scan.py " + " ".join(
         a for a in os.sys.argv[1:]), "torch_threads": torch.get_num_threads(), "datasets": {}}
     for name in datasets:
-        images, y = load_digit_images() if name == "digits" else load_fashion(10_000)
+        images, y = digits_images() if name == "digits" else fashion_mnist_subset(10_000)
         per_seed, all_times, purities = [], [], []
         for seed in seeds:
             rows, times, purity = run_seed(images, y, CONFIGS[name], seed)
