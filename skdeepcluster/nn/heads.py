@@ -1,8 +1,8 @@
 """Multi-head clustering heads computed as ONE batched tensor operation.
 
 H independent heads keep their weights stacked along a leading head axis, so a forward pass over
-all heads is one ``einsum``/``baddbmm`` instead of a Python loop over heads. Inputs are either
-shared by all heads, shape ``(B, in)``, or per head, shape ``(H, B, in)``; outputs are
+all heads is one ``bmm``/``baddbmm`` per layer instead of a Python loop over heads. Inputs are
+either shared by all heads, shape ``(B, in)``, or per head, shape ``(H, B, in)``; outputs are
 ``(H, B, out)``. ``heads=`` selects a subset of heads (e.g. the best one at prediction time).
 """
 
@@ -22,8 +22,8 @@ def _select(tensor, heads):
 def _batched_matmul(x, weight, bias=None):
     """``x`` (B, in) shared or (H, B, in) per head, ``weight`` (H, in, out) → (H, B, out)."""
     if x.dim() == 2:
-        out = torch.einsum("bi,hio->hbo", x, weight)
-        return out if bias is None else out + bias
+        # A shared input enters every head's GEMM through a stride-0 head axis, without a copy.
+        x = x.expand(weight.shape[0], *x.shape)
     if bias is None:
         return torch.bmm(x, weight)
     return torch.baddbmm(bias, x, weight)
