@@ -302,10 +302,14 @@ class TEMIClusterer(BaseDeepClusterer):
         for name, parameter in student.named_parameters():
             if parameter.requires_grad:
                 (no_decay if name.endswith(("bias", "gain")) else decay).append(parameter)
+        # The fused kernel updates each stacked (H, ...) parameter in one pass over memory
+        # instead of one pass per arithmetic operation: on one CPU thread 0.02 s instead of
+        # 0.35 s per step of 50 heads on 784 features (doc/benchmarks.rst, batched heads).
         optimizer = torch.optim.AdamW(
             [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=base_lr,
             weight_decay=self.weight_decay,
+            fused=device.type in ("cpu", "cuda") or None,
         )
 
         features_t = torch.from_numpy(features).to(device)
