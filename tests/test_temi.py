@@ -45,6 +45,16 @@ def test_multihead_linear_equals_per_head_linear():
         torch.testing.assert_close(batched[h], expected)
     torch.testing.assert_close(layer(batched.new_ones(3, 7, 5))[1], layer(torch.ones(7, 5))[1])
     torch.testing.assert_close(layer(x, heads=[2])[0], batched[2])
+    # a shared input that requires grad (SCAN trains the backbone below its heads) gets the sum
+    # of the heads' gradients, and each head's weight gradient is its own
+    x.requires_grad_(True)
+    layer(x).square().sum().backward()
+    x_grad, weight_grad = x.grad.clone(), layer.weight.grad.clone()
+    x.grad = None
+    layer.zero_grad()
+    sum((x @ layer.weight[h] + layer.bias[h]).square().sum() for h in range(3)).backward()
+    torch.testing.assert_close(x_grad, x.grad)
+    torch.testing.assert_close(weight_grad, layer.weight.grad)
 
 
 def test_temi_heads_architecture_and_weight_norm():
