@@ -24,10 +24,9 @@ import time
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from _common import digits_images, fashion_mnist_subset
-from skdeepcluster import SCANClusterer, clustering_accuracy_score
+from _common import digits_images, fashion_mnist_subset, scores
+from skdeepcluster import SCANClusterer
 
 #: Per data set: the pretext configuration and the clustering configuration (CPU budget).
 CONFIGS = {
@@ -48,14 +47,6 @@ CONFIGS = {
         ),
     ),
 }
-
-
-def scores(y, labels):
-    return {
-        "acc": clustering_accuracy_score(y, labels),
-        "nmi": normalized_mutual_info_score(y, labels),
-        "ari": adjusted_rand_score(y, labels),
-    }
 
 
 def stage_seconds(model, stage):
