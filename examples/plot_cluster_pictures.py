@@ -7,7 +7,7 @@ The ``skdeepcluster cluster`` command clusters every image of a folder. Here we 
 as PNG files (plus a broken file and a text file, which are skipped), run the command from Python
 and show two of its contact sheets. From a shell the same run is::
 
-    skdeepcluster cluster my_folder --n-clusters 10 --embedder pixels --image-size 16 --steps 300
+    skdeepcluster cluster my_folder --n-clusters 10 --embedder pixels --image-size 16
 """
 
 # %%
@@ -32,8 +32,7 @@ with open(os.path.join(folder, "notes.txt"), "w") as handle:
 
 output = os.path.join(folder, "results")
 status = main(["cluster", folder, "--n-clusters", "10", "--embedder", "pixels",
-               "--image-size", "16", "--heads", "2", "--steps", "300", "--epochs", "1",
-               "--seed", "0", "--output", output])
+               "--image-size", "16", "--heads", "2", "--seed", "0", "--output", output])
 print("exit status", status)
 
 # %%

@@ -15,7 +15,7 @@ from skdeepcluster import TEMIClusterer, clustering_accuracy, load_digits_images
 
 images, y = load_digits_images()
 X = images.reshape(len(images), -1) / 255.0
-small = dict(n_clusters=10, n_heads=2, batch_size=128, lr=1e-3, max_epochs=1, min_steps=300,
+small = dict(n_clusters=10, n_heads=2, batch_size=128, lr=1e-3, max_epochs=33,
              random_state=0)
 
 # %%

@@ -1,20 +1,24 @@
-"""BaseDeepClusterer: the sklearn plumbing and the training driver shared by all estimators.
+"""BaseDeepClusterer: the sklearn plumbing and the driver of every estimator's training stages.
 
 A method subclass provides:
 
-* ``_fit(X, kind, device, generator)``: builds ``self.module_`` (one ``torch.nn.Module`` holding
-  every learned network) and trains it, running its stages through ``_run_epochs``;
+* ``_stages(X, trainer, generator)``: a generator that builds ``self.module_`` (one
+  ``torch.nn.Module`` holding every learned network) and yields its training stages in the
+  paper's order (:class:`~skdeepcluster.engine.Stage`, made with ``trainer.stage``); the code
+  between two ``yield`` is the work between two stages (mining neighbours, a k-means
+  initialisation);
 * ``_proba_tensor(batch)`` and ``_transform_tensor(batch)``: inference on one float32 batch
   already on the module's device; ``_predict_tensor`` defaults to the argmax of the former.
 
-The base validates input, seeds everything, picks the device, batches inference, records
-``history_``, prints progress, warns about degenerate clusterings and pickles to CPU.
+The base validates input, seeds everything, resolves device and precision, runs each stage
+through the shared :class:`~skdeepcluster.engine.Trainer` (optimiser steps, schedules, EMA,
+stopping rule, ``history_``, progress), batches inference, warns about degenerate clusterings
+and pickles to CPU.
 """
 
 import copy
-import time
-from abc import ABCMeta, abstractmethod
 import warnings
+from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
@@ -27,28 +31,17 @@ from sklearn.utils._tags import TransformerTags
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .data import batch_to_tensor, check_images, is_image_array, iterate_batches
+from .engine import PRECISIONS, Trainer, autocast, resolve_device, resolve_precision
 
 __all__ = ["BaseDeepClusterer", "resolve_device"]
-
-
-def resolve_device(device):
-    """``"auto"`` → ``"cuda"`` when available, else ``"cpu"``; other values are checked."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={str(device)!r} was asked for but CUDA is not available; use "
-            "device='auto' or 'cpu' (e.g. set_params(device='cpu') on a model loaded from disk)."
-        )
-    return device
 
 
 class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class of the deep clustering estimators. Not for direct use.
 
     Parameters shared by every estimator: ``n_clusters``, ``backbone``, ``max_epochs``,
-    ``batch_size``, ``lr``, ``weight_decay``, ``device``, ``random_state``, ``verbose``.
+    ``batch_size``, ``lr``, ``weight_decay``, ``tol``, ``n_iter_no_change``, ``precision``,
+    ``device``, ``random_state``, ``verbose``.
     """
 
     _parameter_constraints: dict = {
@@ -58,6 +51,9 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "tol": [Interval(Real, 0, 1, closed="both"), None],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "precision": [StrOptions(set(PRECISIONS))],
         "device": [StrOptions({"auto", "cpu", "cuda"}), str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -131,8 +127,20 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
             )
         self._check_fit_params(X)
         device = resolve_device(self.device)
+        dtype = resolve_precision(self.precision, device, warn=True)
+        self.precision_ = str(dtype).removeprefix("torch.")
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self.history_ = []
+        trainer = Trainer(
+            device,
+            dtype,
+            history=self.history_,
+            tol=self.tol,
+            n_iter_no_change=self.n_iter_no_change,
+            verbose=self.verbose,
+            name=type(self).__name__,
+        )
+        self._trainer = trainer  # inference during fit uses the training device and precision
         fork_devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
@@ -140,9 +148,12 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
             np.random.seed(seed)  # faiss' Python helpers draw from numpy's global state
             try:
                 generator = torch.Generator().manual_seed(seed)
-                self._fit(X, device, generator)
+                for stage in self._stages(X, trainer, generator):
+                    trainer.run(stage)
             finally:
                 np.random.set_state(np_state)
+                del self._trainer
+        self.n_iter_ = int(sum(trainer.n_epochs.values()))
         self.labels_ = self._apply_batched(X, self._predict_tensor).astype(np.int64)
         self._warn_if_degenerate(self.labels_)
         return self
@@ -151,30 +162,8 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
         """Method-specific checks of parameters against the data, before any training."""
 
     @abstractmethod
-    def _fit(self, X, device, generator):
-        """Build ``self.module_`` and train it (see the module docstring)."""
-
-    def _run_epochs(self, stage, n_epochs, run_epoch):
-        """Run ``run_epoch(epoch) -> dict`` ``n_epochs`` times, record and report each epoch."""
-        started = time.perf_counter()
-        report_every = 1 if self.verbose > 1 else max(1, n_epochs // 20)
-        for epoch in range(n_epochs):
-            epoch_start = time.perf_counter()
-            record = run_epoch(epoch)
-            seconds = time.perf_counter() - epoch_start
-            entry = {"stage": stage, "epoch": epoch + 1, **record, "seconds": seconds}
-            self.history_.append(entry)
-            if self.verbose and ((epoch + 1) % report_every == 0 or epoch + 1 == n_epochs):
-                elapsed = time.perf_counter() - started
-                eta = elapsed / (epoch + 1) * (n_epochs - epoch - 1)
-                terms = "  ".join(
-                    f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, (int, float))
-                )
-                print(
-                    f"[{type(self).__name__}] {stage} epoch {epoch + 1}/{n_epochs}  {terms}  "
-                    f"{seconds:.2f}s  elapsed {elapsed:.0f}s  eta {eta:.0f}s",
-                    flush=True,
-                )
+    def _stages(self, X, trainer, generator):
+        """Build ``self.module_`` and yield the training stages (see the module docstring)."""
 
     def _warn_if_degenerate(self, labels):
         n_used = np.unique(labels).size
@@ -188,20 +177,32 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
             )
 
     # ------------------------------------------------------------------ inference
-    def _inference_device(self):
+    def _inference_setting(self):
+        """(device, autocast dtype): the trainer's during fit, else from the parameters."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None:
+            return trainer.device, trainer.dtype
         device = resolve_device(self.device)
-        self.module_.to(device)
-        return device
+        return device, resolve_precision(self.precision, device)
 
-    def _apply_batched(self, X, function, batch_size=None):
-        """``function`` on every batch of the validated array X; concatenated numpy result."""
-        device = self._inference_device()
-        self.module_.eval()
+    def _apply_batched(self, X, function, batch_size=None, *, module=None):
+        """``function`` on every batch of the validated array X; concatenated numpy result.
+
+        ``module`` (default ``module_``) is put on the device in eval mode; the batches run
+        without gradients, under the precision's autocast; floating outputs come back as
+        float32.
+        """
+        device, dtype = self._inference_setting()
+        module = self.module_ if module is None else module
+        module.to(device).eval()
         batch_size = batch_size or max(self.batch_size, 256)
         outputs = []
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, dtype):
             for indices in iterate_batches(X.shape[0], batch_size):
-                outputs.append(function(batch_to_tensor(X, indices, device)).cpu())
+                output = function(batch_to_tensor(X, indices, device))
+                if output.is_floating_point():
+                    output = output.float()
+                outputs.append(output.cpu())
         return torch.cat(outputs).numpy()
 
     @abstractmethod

@@ -14,7 +14,7 @@ from skdeepcluster.cli import CLI_TEMI_PARAMS, CommandError, main, make_estimato
 
 PIL = pytest.importorskip("PIL.Image")
 
-FAST = ["--steps", "30", "--epochs", "1", "--heads", "2", "--seed", "0", "--device", "cpu"]
+FAST = ["--epochs", "2", "--heads", "2", "--seed", "0", "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +114,7 @@ def test_make_estimator_looks_methods_up_by_name(monkeypatch):
     model = make_estimator("temi", n_clusters=4, random_state=1, verbose=0)
     assert type(model).__name__ == "TEMIClusterer"
     assert model.n_heads == CLI_TEMI_PARAMS["n_heads"] and model.n_clusters == 4
-    assert make_estimator("temi", n_clusters=4, n_heads=3, steps=7).min_steps == 7
+    assert make_estimator("temi", n_clusters=4, n_heads=3, epochs=7).max_epochs == 7
     monkeypatch.delattr(skdeepcluster, "SCANClusterer", raising=False)
     with pytest.raises(CommandError, match="SCANClusterer"):
         make_estimator("scan", n_clusters=3)

@@ -18,8 +18,8 @@ from skdeepcluster.methods.temi import auto_teacher_momentum
 from skdeepcluster.nn.heads import MultiHeadLinear, TEMIHeads
 from skdeepcluster.nn.losses import instance_weights, pmi, temi_pair_loss, update_cluster_prior
 
-SMALL = dict(n_heads=2, n_neighbors=5, hidden_dim=32, bottleneck_dim=16, max_epochs=2,
-             min_steps=150, batch_size=64, lr=1e-3, random_state=0)
+SMALL = dict(n_heads=2, n_neighbors=5, hidden_dim=32, bottleneck_dim=16, max_epochs=40,
+             batch_size=64, lr=1e-3, random_state=0)
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +121,11 @@ def test_fit_attributes_and_contract(digits):
     assert model.head_losses_.shape == (2,)
     assert model.best_head_ == int(np.argmin(model.head_losses_))
     assert model.cluster_prior_.shape == (2, 5)
-    assert {"stage", "epoch", "loss", "seconds"} <= set(model.history_[0])
-    # min_steps: 300 // 64 = 4 steps per epoch → ceil(150 / 4) = 38 epochs
-    assert len(model.history_) == 38
+    assert {"stage", "epoch", "loss", "changed", "lr", "seconds"} <= set(model.history_[0])
+    assert len(model.history_) == model.n_iter_ <= 40
+    # 300 // 64 = 4 steps per epoch
+    assert model.n_steps_ == 4 * model.n_iter_
+    assert model.precision_ == "float32"  # "auto" on a CPU without native bfloat16 (tests)
     assert isinstance(model.score(X), float)
 
 
@@ -134,18 +136,27 @@ def test_teacher_momentum_auto_rule(digits):
     assert auto_teacher_momentum(7500) == pytest.approx(0.996)
     assert auto_teacher_momentum(10**6) == 0.996  # the paper's value on long runs
     X = digits[0][:300]
-    # 300 // 64 = 4 steps per epoch, ceil(1000 / 4) = 250 epochs: 1000 steps → 0.97
-    model = TEMIClusterer(n_clusters=3, **{**SMALL, "min_steps": 1000}).fit(X)
-    assert model.n_steps_ == 1000 and model.batch_size_ == 64
+    # 300 // 64 = 4 steps per epoch, 250 epochs: 1000 steps → 0.97 (from the cap, not from
+    # the epochs the stopping rule leaves)
+    model = TEMIClusterer(n_clusters=3, **{**SMALL, "max_epochs": 250}).fit(X)
+    assert model.batch_size_ == 64
     assert model.teacher_momentum_ == pytest.approx(0.97)
     explicit = TEMIClusterer(n_clusters=3, **{**SMALL, "teacher_momentum": 0.996}).fit(X)
     assert explicit.teacher_momentum_ == 0.996
 
 
-def test_min_steps_zero_trains_exactly_max_epochs(digits):
-    X, _ = digits
-    model = TEMIClusterer(n_clusters=3, **{**SMALL, "min_steps": 0, "max_epochs": 3}).fit(X[:100])
-    assert len(model.history_) == 3
+def test_max_epochs_is_a_cap_and_tol_none_is_the_fixed_schedule(digits):
+    X = digits[0][:100]
+    one = TEMIClusterer(n_clusters=3, **{**SMALL, "max_epochs": 1}).fit(X)
+    assert one.n_iter_ == 1 and one.n_steps_ == 1  # 100 // 64 = 1 step per epoch
+    fixed = TEMIClusterer(n_clusters=3, **{**SMALL, "max_epochs": 30, "tol": None}).fit(X)
+    assert fixed.n_iter_ == 30 == len(fixed.history_)
+    # a loose rule ends early: the first epoch reports 1.0, later ones small changes
+    early = TEMIClusterer(n_clusters=3, **{**SMALL, "max_epochs": 30, "tol": 0.5,
+                                           "n_iter_no_change": 2}).fit(X)
+    assert early.n_iter_ < 30
+    changes = [entry["changed"] for entry in early.history_]
+    assert changes[0] == 1.0 and changes[-1] < 0.5 and changes[-2] < 0.5
 
 
 def test_same_seed_same_labels_and_pickle_roundtrip(digits, tmp_path):
@@ -263,8 +274,8 @@ def test_pipeline_cross_validate_and_grid_search(digits):
 
 # --------------------------------------------------------------------------- quality
 # The defaults (paper lr 1e-4, teacher_momentum="auto" → 0.99 for 3000 steps) with 4 heads,
-# batch 128 and 3000 steps to fit the suite's time budget (doc/benchmarks.rst).
-QUALITY = dict(n_heads=4, batch_size=128, min_steps=3000)
+# batch 128 and 3000 steps (14 per epoch) to fit the suite's time budget (doc/benchmarks.rst).
+QUALITY = dict(n_heads=4, batch_size=128, max_epochs=215)
 
 
 def test_digits_accuracy_beats_kmeans(digits):

@@ -1,5 +1,7 @@
 """ADC: Associative Deep Clustering (Haeusser, Plapp, Golkov, Aljalbout, Cremers, GCPR 2018)."""
 
+import functools
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -10,6 +12,7 @@ from torch.nn import functional as F
 
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor, iterate_batches
+from ..engine import make_optimizer, parameter_groups, warmup_step_schedule
 from ..kmeans import kmeans
 from ..nn.augment import color_jitter, gaussian_noise, random_affine, random_resized_crop
 from ..nn.backbones import make_backbone
@@ -19,6 +22,18 @@ __all__ = ["ADCClusterer"]
 
 #: Loss terms recorded in ``history_`` (unweighted batch means), besides the weighted ``loss``.
 _LOSS_TERMS = ("assoc_centroid", "assoc_aug", "norm", "classification", "trafo")
+
+
+@dataclass
+class _ADCData:
+    """What ADC's epochs share: the data, the RNG, and the tracked cluster of every sample."""
+
+    X: object
+    generator: torch.Generator
+    batch_size: int
+    steps_per_epoch: int
+    feature_std: object
+    assignments: torch.Tensor
 
 
 class ADCNetwork(nn.Module):
@@ -144,6 +159,18 @@ class ADCClusterer(BaseDeepClusterer):
     feature_noise : float, default=0.2
         Feature input only: the augmentation adds Gaussian noise of ``feature_noise`` × the
         training standard deviation of each feature.
+    tol : float or None, default=1e-3
+        Stopping rule of the clustering stage, with ``max_epochs`` as the cap: it ends when
+        fewer than ``tol`` of the samples seen in an epoch changed cluster (argmax of the
+        logits) since their previous visit, for ``n_iter_no_change`` epochs in a row. The
+        warm-up always runs ``warmup_epochs``. None: train exactly ``max_epochs``.
+    n_iter_no_change : int, default=5
+        Consecutive epochs below ``tol`` that end training.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Arithmetic of the network's forward and backward passes (autocast); weights, optimiser
+        state and losses stay float32. ``"auto"``: bfloat16 where the device computes it
+        natively (CUDA GPUs with bfloat16, CPUs with AMX or AVX512-BF16), else float32.
+        ``"float16"``: CUDA only, with a gradient scaler. The value used is ``precision_``.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else CPU.
     random_state : int, RandomState instance or None, default=None
@@ -167,6 +194,10 @@ class ADCClusterer(BaseDeepClusterer):
         Per epoch: ``stage`` ("warmup" or "clustering"), ``epoch``, the unweighted loss terms
         ``assoc_centroid``, ``assoc_aug``, ``norm``, ``classification``, ``trafo`` (batch means;
         0 where a term is off), the weighted total ``loss``, ``lr`` and ``seconds``.
+    n_iter_ : int
+        Epochs trained, over all stages.
+    precision_ : str
+        The arithmetic used (``"float32"``, ``"bfloat16"`` or ``"float16"``).
     module_ : ADCNetwork
         ``backbone``, ``embedding`` and ``logits`` layers and the ``centroids`` variables.
     n_features_in_ : int
@@ -283,6 +314,9 @@ class ADCClusterer(BaseDeepClusterer):
         crop_scale=0.6,
         noise_std=0.05,
         feature_noise=0.2,
+        tol=1e-3,
+        n_iter_no_change=5,
+        precision="auto",
         device="auto",
         random_state=None,
         verbose=0,
@@ -315,6 +349,9 @@ class ADCClusterer(BaseDeepClusterer):
         self.crop_scale = crop_scale
         self.noise_std = noise_std
         self.feature_noise = feature_noise
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.precision = precision
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -364,19 +401,25 @@ class ADCClusterer(BaseDeepClusterer):
         noise = self.centroid_noise * uniform
         return torch.from_numpy(centres).repeat_interleave(m, dim=0) + noise
 
-    def _make_optimizer(self, network):
-        """A fresh Adam (β = (0.8, 0.9)); no weight decay on the centroid variables."""
-        weights = [p for name, p in network.named_parameters() if name != "centroids"]
-        return torch.optim.Adam(
-            [
-                {"params": weights, "weight_decay": self.weight_decay},
-                {"params": [network.centroids], "weight_decay": 0.0},
-            ],
-            lr=self.lr,
-            betas=(0.8, 0.9),
+    def _optimizer_stage(self, trainer, data, name, epoch, max_epochs, first_step,
+                         monitor=None):
+        """A stage with a fresh Adam (β = (0.8, 0.9); no weight decay on the centroids) and the
+        learning-rate schedule counted from the first step of training (``first_step``)."""
+        optimizer = make_optimizer(
+            "adam", parameter_groups(self.module_, self.weight_decay, decay="all",
+                                     exclude=("centroids",)),
+            lr=self.lr, betas=(0.8, 0.9), device=trainer.device,
         )
+        scheduler = warmup_step_schedule(
+            optimizer, warmup_steps=self.lr_warmup_epochs * data.steps_per_epoch,
+            decay_steps=self.lr_decay_epochs * data.steps_per_epoch,
+            decay_factor=self.lr_decay_factor, first_step=first_step,
+        )
+        return trainer.stage(name, epoch, max_epochs, optimizer=optimizer, scheduler=scheduler,
+                             monitor=monitor)
 
-    def _fit(self, X, device, generator):
+    def _stages(self, X, trainer, generator):
+        device = trainer.device
         n_samples = X.shape[0]
         backbone = make_backbone(
             "auto" if isinstance(self.backbone, nn.Module) else self.backbone,
@@ -391,109 +434,111 @@ class ADCClusterer(BaseDeepClusterer):
             network.centroids.copy_(self._initial_centroids(generator))
         self.module_ = network.to(device)
         self.kmeans_labels_ = None
-        feature_std = None
-        if self.input_kind_ == "features":
-            feature_std = torch.from_numpy(X.std(axis=0)).float().to(device)
-
         batch_size = min(self.batch_size, n_samples)
-        steps_per_epoch = n_samples // batch_size
-        lr_warmup_steps = self.lr_warmup_epochs * steps_per_epoch
-        lr_decay_steps = self.lr_decay_epochs * steps_per_epoch
-        aug_visit_weight = (
-            self.visit_weight if self.aug_visit_weight is None else self.aug_visit_weight
+        data = _ADCData(
+            X=X,
+            generator=generator,
+            batch_size=batch_size,
+            steps_per_epoch=n_samples // batch_size,
+            feature_std=(torch.from_numpy(X.std(axis=0)).float().to(device)
+                         if self.input_kind_ == "features" else None),
+            assignments=torch.full((n_samples,), -1, dtype=torch.int64),
         )
-        aug_labels = torch.arange(batch_size, device=device).repeat(self.n_augmentations)
-        state = {"step": 0, "clustering": False, "beta": self.beta}
 
-        def learning_rate(step):
-            lr = self.lr
-            if step < lr_warmup_steps:
-                lr *= (step + 1) / lr_warmup_steps
-            if lr_decay_steps:
-                lr /= self.lr_decay_factor ** (step // lr_decay_steps)
-            return lr
-
-        def run_epoch(epoch):
-            network.train()
-            clustering = state["clustering"]
-            sums = dict.fromkeys((*_LOSS_TERMS, "loss"), 0.0)
-            for indices in iterate_batches(
-                n_samples, batch_size, shuffle=True, generator=generator, drop_last=True
-            ):
-                plain = batch_to_tensor(X, indices, device)
-                # Augmented copies, copy-major: row r is a copy of sample r % batch_size.
-                n_copies = (
-                    self.n_augmentations if self.beta > 0 else int(clustering and self.delta > 0)
-                )
-                inputs = plain
-                if n_copies:
-                    copies = plain.repeat(n_copies, *([1] * (plain.dim() - 1)))
-                    inputs = torch.cat([plain, self._augment(copies, generator, feature_std)])
-                embeddings = network.embed(inputs)
-                z_plain, z_augmented = embeddings[:batch_size], embeddings[batch_size:]
-                terms = dict.fromkeys(_LOSS_TERMS, torch.zeros((), device=device))
-                if self.beta > 0:
-                    terms["assoc_aug"] = association_loss(
-                        z_augmented, z_plain, aug_labels, aug_visit_weight
-                    )
-                loss = state["beta"] * terms["assoc_aug"]
-                if clustering:
-                    centroids, labels = network.centroids, network.centroid_labels
-                    terms["assoc_centroid"] = association_loss(
-                        centroids, z_plain, labels, self.visit_weight
-                    )
-                    terms["classification"] = F.cross_entropy(network.logits(centroids), labels)
-                    terms["norm"] = norm_loss(torch.cat([embeddings, centroids]))
-                    if self.delta > 0:
-                        z_transformed = z_augmented[:batch_size]
-                        terms["trafo"] = trafo_loss(
-                            z_plain,
-                            z_transformed,
-                            network.logits(z_plain),
-                            network.logits(z_transformed),
-                        )
-                    loss = (
-                        loss
-                        + self.alpha * terms["assoc_centroid"]
-                        + self.delta * terms["trafo"]
-                        + self.classification_weight * terms["classification"]
-                    )
-                else:
-                    terms["norm"] = norm_loss(embeddings)
-                loss = loss + self.gamma * terms["norm"]
-
-                lr = learning_rate(state["step"])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                if loss.requires_grad:  # False only in a warm-up with beta = gamma = 0
-                    loss.backward()
-                    optimizer.step()
-                state["step"] += 1
-                for name, value in terms.items():
-                    sums[name] += float(value.detach())
-                sums["loss"] += float(loss.detach())
-            record = {name: value / steps_per_epoch for name, value in sums.items()}
-            record["lr"] = learning_rate(state["step"] - 1)
-            return record
-
-        optimizer = self._make_optimizer(network)
-        self._run_epochs("warmup", self.warmup_epochs, run_epoch)
-
-        # Sec. 3.1: centroids from k-means on the warm-up embeddings, a fresh optimiser, every
-        # loss on, the augmentation association scaled down.
+        # Sec. 3.1: warm-up with the augmentation association (and the norm loss) only
+        warmup = self._optimizer_stage(
+            trainer, data, "warmup", functools.partial(self._adc_epoch, data, False, self.beta),
+            self.warmup_epochs, first_step=0,
+        )
+        if self.warmup_epochs:
+            yield warmup
+        # then centroids from k-means on the warm-up embeddings, a fresh optimiser, every loss
+        # on, the augmentation association scaled down
         if self.kmeans_init:
             centroids = self._kmeans_centroids(X, generator)
             with torch.no_grad():
                 network.centroids.copy_(centroids.to(device))
-        optimizer = self._make_optimizer(network)
-        state.update(clustering=True, beta=self.beta * self.aug_weight_decay)
-        self._run_epochs("clustering", self.max_epochs, run_epoch)
-
+        yield self._optimizer_stage(
+            trainer, data, "clustering",
+            functools.partial(self._adc_epoch, data, True, self.beta * self.aug_weight_decay),
+            self.max_epochs, first_step=warmup.n_steps, monitor="changed",
+        )
         self.centroids_ = network.centroids.detach().cpu().numpy().copy()
         self.cluster_centers_ = self.centroids_.reshape(
             self.n_clusters, self.n_centroids_per_cluster, self.embedding_dim
         ).mean(axis=1)
+
+    def _adc_epoch(self, data, clustering, beta, stage):
+        """One epoch of the total loss of Eqs. 5-8 (warm-up: ``L_assoc,aug`` and ``L_norm``)."""
+        network = self.module_
+        network.train()
+        device, batch_size = stage.device, data.batch_size
+        aug_visit_weight = (
+            self.visit_weight if self.aug_visit_weight is None else self.aug_visit_weight
+        )
+        aug_labels = torch.arange(batch_size, device=device).repeat(self.n_augmentations)
+        # Augmented copies, copy-major: row r is a copy of sample r % batch_size.
+        n_copies = self.n_augmentations if self.beta > 0 else int(clustering and self.delta > 0)
+        sums = dict.fromkeys((*_LOSS_TERMS, "loss"), 0.0)
+        changed = compared = 0
+        for indices in iterate_batches(
+            data.X.shape[0], batch_size, shuffle=True, generator=data.generator, drop_last=True
+        ):
+            plain = batch_to_tensor(data.X, indices, device)
+            inputs = plain
+            if n_copies:
+                copies = plain.repeat(n_copies, *([1] * (plain.dim() - 1)))
+                inputs = torch.cat([plain, self._augment(copies, data.generator,
+                                                         data.feature_std)])
+            with stage.autocast():
+                embeddings = network.embed(inputs)
+            embeddings = embeddings.float()
+            z_plain, z_augmented = embeddings[:batch_size], embeddings[batch_size:]
+            terms = dict.fromkeys(_LOSS_TERMS, torch.zeros((), device=device))
+            if self.beta > 0:
+                terms["assoc_aug"] = association_loss(
+                    z_augmented, z_plain, aug_labels, aug_visit_weight
+                )
+            loss = beta * terms["assoc_aug"]
+            if clustering:
+                centroids, labels = network.centroids, network.centroid_labels
+                terms["assoc_centroid"] = association_loss(
+                    centroids, z_plain, labels, self.visit_weight
+                )
+                terms["classification"] = F.cross_entropy(network.logits(centroids), labels)
+                terms["norm"] = norm_loss(torch.cat([embeddings, centroids]))
+                plain_logits = network.logits(z_plain)
+                if self.delta > 0:
+                    z_transformed = z_augmented[:batch_size]
+                    terms["trafo"] = trafo_loss(
+                        z_plain, z_transformed, plain_logits, network.logits(z_transformed)
+                    )
+                loss = (
+                    loss
+                    + self.alpha * terms["assoc_centroid"]
+                    + self.delta * terms["trafo"]
+                    + self.classification_weight * terms["classification"]
+                )
+                # the stopping rule's signal: clusters of the plain samples, seen in training
+                assignment = plain_logits.detach().argmax(dim=1).cpu()
+                previous = data.assignments[indices]
+                seen = previous >= 0
+                changed += int(((previous != assignment) & seen).sum())
+                compared += int(seen.sum())
+                data.assignments[indices] = assignment
+            else:
+                terms["norm"] = norm_loss(embeddings)
+            loss = loss + self.gamma * terms["norm"]
+
+            if loss.requires_grad:  # False only in a warm-up with beta = gamma = 0
+                stage.step(loss)
+            for name, value in terms.items():
+                sums[name] += float(value.detach())
+            sums["loss"] += float(loss.detach())
+        record = {name: value / data.steps_per_epoch for name, value in sums.items()}
+        if clustering:
+            record["changed"] = changed / compared if compared else 1.0
+        return record
 
     # ------------------------------------------------------------------ inference
     def _proba_tensor(self, batch):

@@ -1,5 +1,6 @@
 """DeepCluster: alternating k-means and convnet training (Caron et al., ECCV 2018)."""
 
+import functools
 import time
 from numbers import Integral, Real
 
@@ -7,7 +8,9 @@ import faiss
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import normalized_mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -15,6 +18,7 @@ from torch.nn import functional as F
 
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor
+from ..engine import make_optimizer, parameter_groups
 from ..kmeans import kmeans, pca_whiten, train_pca_whitening
 from ..nn.augment import apply_user_augmentation, small_image_affine, weak_augment
 from ..nn.backbones import Sobel, make_backbone
@@ -61,6 +65,27 @@ def uniform_cluster_sampler(labels, n_draws, generator):
     offsets = torch.where(counts[:, None] >= per_label, without_replacement, with_replacement)
     draws = grouped[starts[:, None] + offsets].flatten()
     return draws[torch.randperm(draws.numel(), generator=generator)][:n_draws]
+
+
+class _Clustering:
+    """DeepCluster's state between epochs: the pseudo-labels, the previous clustering, the
+    epoch's classifier."""
+
+    def __init__(self):
+        self.labels = None
+        self.previous = None
+        self.classifier = None
+
+    def update(self, labels):
+        """(NMI with the previous clustering, fraction of samples that changed cluster after
+        matching the two clusterings' labels with the Hungarian method); NaN and 1 at first."""
+        previous, self.previous = self.previous, labels
+        if previous is None:
+            return float("nan"), 1.0
+        nmi = normalized_mutual_info_score(previous, labels, average_method="geometric")
+        overlap = contingency_matrix(previous, labels)
+        rows, columns = linear_sum_assignment(overlap, maximize=True)
+        return float(nmi), float(1.0 - overlap[rows, columns].sum() / labels.size)
 
 
 class _NearestCentroid(nn.Module):
@@ -167,6 +192,18 @@ class DeepClusterer(BaseDeepClusterer):
         classifier's SGD, re-created with it every reassignment, has no momentum.
     weight_decay : float, default=1e-5
         L2 penalty of both optimisers (authors' code: 10⁻⁵).
+    tol : float or None, default=1e-3
+        Stopping rule, with ``max_epochs`` as the cap: training ends when fewer than ``tol``
+        of the samples changed cluster between two consecutive reassignments (the labels of
+        the two clusterings matched by the Hungarian method), for ``n_iter_no_change``
+        reassignments in a row. None: train exactly ``max_epochs`` (the paper's schedule).
+    n_iter_no_change : int, default=5
+        Consecutive epochs below ``tol`` that end training.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Arithmetic of the network's forward and backward passes (autocast); weights, optimiser
+        state and losses stay float32. ``"auto"``: bfloat16 where the device computes it
+        natively (CUDA GPUs with bfloat16, CPUs with AMX or AVX512-BF16), else float32.
+        ``"float16"``: CUDA only, with a gradient scaler. The value used is ``precision_``.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else CPU.
     random_state : int, RandomState instance or None, default=None
@@ -198,6 +235,10 @@ class DeepClusterer(BaseDeepClusterer):
         ``cluster_sizes`` (list), ``seconds_features``, ``seconds_clustering``,
         ``seconds_training``, ``seconds``. The last entry (stage ``"final_clustering"``) is the
         clustering of the trained network.
+    n_iter_ : int
+        Epochs trained, over all stages.
+    precision_ : str
+        The arithmetic used (``"float32"``, ``"bfloat16"`` or ``"float16"``).
     module_ : torch.nn.ModuleDict
         ``sobel`` (or identity), ``backbone`` and ``clustering`` (whitening + centroids).
     n_features_in_ : int
@@ -325,6 +366,9 @@ class DeepClusterer(BaseDeepClusterer):
         lr=0.05,
         momentum=0.9,
         weight_decay=1e-5,
+        tol=1e-3,
+        n_iter_no_change=5,
+        precision="auto",
         device="auto",
         random_state=None,
         verbose=0,
@@ -351,6 +395,9 @@ class DeepClusterer(BaseDeepClusterer):
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.precision = precision
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -426,9 +473,9 @@ class DeepClusterer(BaseDeepClusterer):
             objective = float(np.square(whitened - centroids[labels]).sum())
         return matrix, labels, centroids, objective
 
-    def _fit(self, X, device, generator):
-        images = self.input_kind_ == "images"
-        use_sobel = self.sobel and images
+    def _stages(self, X, trainer, generator):
+        device = trainer.device
+        use_sobel = self.sobel and self.input_kind_ == "images"
         sobel = Sobel() if use_sobel else nn.Identity()
         shape = (2, *self.input_shape_[1:]) if use_sobel else self.input_shape_
         user_module = self.backbone if isinstance(self.backbone, nn.Module) else None
@@ -436,119 +483,129 @@ class DeepClusterer(BaseDeepClusterer):
         backbone = make_backbone(name, self.input_kind_, shape, user_module=user_module)
         self.module_ = nn.ModuleDict({"sobel": sobel.requires_grad_(False), "backbone": backbone})
         self.module_.to(device)
-        optimizer = torch.optim.SGD(
-            backbone.parameters(),
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
+        # the network's SGD persists across epochs (Sec. 3.4)
+        network_optimizer = make_optimizer(
+            "sgd", parameter_groups(backbone, self.weight_decay, decay="all"), lr=self.lr,
+            momentum=self.momentum, device=device,
         )
-        n_samples = X.shape[0]
-        batch_size = min(self.batch_size, n_samples)
-        # One more draw when a batch of one sample would be left: batch norm cannot train on it.
-        n_draws = n_samples + (1 if n_samples % batch_size == 1 and n_samples > 1 else 0)
-        state = {"labels": None, "previous": None, "classifier": None, "optimizer": None}
-
-        def reassign(n_clusters, final=False):
-            start = time.perf_counter()
-            features = self._apply_batched(X, self._features)  # eval mode, no augmentation
-            if not np.isfinite(features).all():
-                raise FloatingPointError(
-                    "DeepClusterer's network produced NaN or infinite features: training "
-                    f"diverged (lr={self.lr}). Lower lr or use a backbone with batch norm."
-                )
-            extracted = time.perf_counter()
-            matrix, raw_labels, centroids, objective = self._cluster(
-                features, generator, n_clusters, final
-            )
-            clustered = time.perf_counter()
-            used, labels = np.unique(raw_labels, return_inverse=True)  # drop empty clusters
-            previous = state["previous"]
-            nmi = (
-                float("nan")
-                if previous is None
-                else normalized_mutual_info_score(previous, raw_labels, average_method="geometric")
-            )
-            state["previous"] = raw_labels
-            state["labels"] = torch.from_numpy(labels.astype(np.int64))
-            record = {
-                "objective": objective / n_samples,
-                "nmi_previous": nmi,
-                "n_clusters_found": int(used.size),
-                "cluster_sizes": np.bincount(labels).tolist(),
-                "seconds_features": extracted - start,
-                "seconds_clustering": clustered - extracted,
-            }
-            return record, matrix, centroids, objective
-
-        def run_epoch(epoch):
-            if epoch % self.reassign == 0:
-                record, *_ = reassign(self.n_pseudo_labels or self.n_clusters)
-                # A fresh classifier for the new pseudo-labels, N(0, 0.01) weights, zero bias.
-                classifier = nn.Linear(backbone.out_features, int(state["labels"].max()) + 1)
-                nn.init.normal_(classifier.weight, 0.0, 0.01)
-                nn.init.zeros_(classifier.bias)
-                state["classifier"] = classifier.to(device)
-                state["optimizer"] = torch.optim.SGD(
-                    classifier.parameters(), lr=self.lr, weight_decay=self.weight_decay
-                )
-            else:
-                record = {
-                    "objective": float("nan"),
-                    "nmi_previous": float("nan"),
-                    "n_clusters_found": int(state["labels"].max()) + 1,
-                    "cluster_sizes": torch.bincount(state["labels"]).tolist(),
-                    "seconds_features": 0.0,
-                    "seconds_clustering": 0.0,
-                }
-            start = time.perf_counter()
-            record["loss"] = self._train_epoch(
-                X, state["labels"], state["classifier"], [optimizer, state["optimizer"]],
-                n_draws, batch_size, images, device, generator,
-            )
-            record["seconds_training"] = time.perf_counter() - start
-            return record
-
-        self._run_epochs("deepcluster", self.max_epochs, run_epoch)
-
-        def final_clustering(epoch):
-            record, matrix, centroids, objective = reassign(self.n_clusters, final=True)
-            variance = max(objective / (n_samples * matrix.d_out), 1e-12)
-            self.module_["clustering"] = _NearestCentroid(matrix, centroids, variance).to(device)
-            self.pseudo_labels_ = state["previous"]
-            return record
-
-        self._run_epochs("final_clustering", 1, final_clustering)
+        clustering = _Clustering()
+        yield trainer.stage(
+            "deepcluster",
+            functools.partial(self._deepcluster_epoch, X, generator, clustering),
+            self.max_epochs,
+            optimizer=network_optimizer,
+            monitor="changed",
+        )
+        yield trainer.stage(
+            "final_clustering",
+            functools.partial(self._final_clustering, X, generator, clustering),
+            1,
+        )
         self.cluster_centers_ = self.module_["clustering"].centroids.cpu().numpy()
         self.n_clusters_found_ = int(self.cluster_centers_.shape[0])
         distances = self._apply_batched(X, self._distances_tensor)
         self.inertia_ = float(distances.min(axis=1).sum())
 
-    def _train_epoch(
-        self, X, labels, classifier, optimizers, n_draws, batch_size, images, device, generator
-    ):
+    def _reassign(self, X, generator, clustering, n_clusters, final=False):
+        """Features of the whole training set (eval mode, no augmentation), clustered; the
+        non-empty clusters numbered 0..K'-1 become ``clustering.labels``."""
+        start = time.perf_counter()
+        features = self._apply_batched(X, self._features)
+        if not np.isfinite(features).all():
+            raise FloatingPointError(
+                "DeepClusterer's network produced NaN or infinite features: training "
+                f"diverged (lr={self.lr}). Lower lr or use a backbone with batch norm."
+            )
+        extracted = time.perf_counter()
+        matrix, raw_labels, centroids, objective = self._cluster(
+            features, generator, n_clusters, final
+        )
+        clustered = time.perf_counter()
+        used, labels = np.unique(raw_labels, return_inverse=True)  # drop empty clusters
+        nmi, changed = clustering.update(raw_labels)
+        clustering.labels = torch.from_numpy(labels.astype(np.int64))
+        record = {
+            "objective": objective / X.shape[0],
+            "nmi_previous": nmi,
+            "changed": changed,
+            "n_clusters_found": int(used.size),
+            "cluster_sizes": np.bincount(labels).tolist(),
+            "seconds_features": extracted - start,
+            "seconds_clustering": clustered - extracted,
+        }
+        return record, matrix, centroids, objective
+
+    def _deepcluster_epoch(self, X, generator, clustering, stage):
+        """Reassign (every ``reassign`` epochs, with a fresh classifier and its SGD), then one
+        pass of cross-entropy on the pseudo-labels (Eq. 1), drawn uniformly over them."""
+        if stage.epoch % self.reassign == 0:
+            record, *_ = self._reassign(
+                X, generator, clustering, self.n_pseudo_labels or self.n_clusters
+            )
+            # A fresh classifier for the new pseudo-labels, N(0, 0.01) weights, zero bias.
+            classifier = nn.Linear(
+                self.module_["backbone"].out_features, int(clustering.labels.max()) + 1
+            )
+            nn.init.normal_(classifier.weight, 0.0, 0.01)
+            nn.init.zeros_(classifier.bias)
+            clustering.classifier = classifier.to(stage.device)
+            classifier_optimizer = make_optimizer(
+                "sgd", parameter_groups(classifier, self.weight_decay, decay="all"),
+                lr=self.lr, device=stage.device,
+            )
+            stage.optimizers = [stage.optimizers[0], classifier_optimizer]
+        else:
+            record = {
+                "objective": float("nan"),
+                "nmi_previous": float("nan"),
+                "changed": None,
+                "n_clusters_found": int(clustering.labels.max()) + 1,
+                "cluster_sizes": torch.bincount(clustering.labels).tolist(),
+                "seconds_features": 0.0,
+                "seconds_clustering": 0.0,
+            }
+        start = time.perf_counter()
+        record["loss"] = self._train_epoch(X, clustering, stage, generator)
+        record["seconds_training"] = time.perf_counter() - start
+        return record
+
+    def _final_clustering(self, X, generator, clustering, stage):
+        """The output: the trained network's features clustered once more (``n_init`` runs)."""
+        record, matrix, centroids, objective = self._reassign(
+            X, generator, clustering, self.n_clusters, final=True
+        )
+        variance = max(objective / (X.shape[0] * matrix.d_out), 1e-12)
+        self.module_["clustering"] = _NearestCentroid(matrix, centroids, variance).to(stage.device)
+        self.pseudo_labels_ = clustering.previous
+        return record
+
+    def _train_epoch(self, X, clustering, stage, generator):
         """One pass of ``n_draws`` samples; returns the mean cross-entropy."""
+        n_samples = X.shape[0]
+        batch_size = min(self.batch_size, n_samples)
+        # One more draw when a batch of one sample would be left: batch norm cannot train on it.
+        n_draws = n_samples + (1 if n_samples % batch_size == 1 and n_samples > 1 else 0)
+        labels = clustering.labels
         if self.uniform_sampling:
             order = uniform_cluster_sampler(labels, n_draws, generator)
         else:
-            order = torch.randperm(X.shape[0], generator=generator)
-            extra = torch.randint(X.shape[0], (n_draws - X.shape[0],), generator=generator)
+            order = torch.randperm(n_samples, generator=generator)
+            extra = torch.randint(n_samples, (n_draws - n_samples,), generator=generator)
             order = torch.cat([order, extra])
         self.module_.train()
-        classifier.train()
-        labels = labels.to(device)
+        clustering.classifier.train()
+        labels = labels.to(stage.device)
+        images = self.input_kind_ == "images"
         total = 0.0
         for start in range(0, n_draws, batch_size):
             indices = order[start : start + batch_size]
-            batch = batch_to_tensor(X, indices, device)
+            batch = batch_to_tensor(X, indices, stage.device)
             if images:
                 batch = self._augment(batch, generator)
-            logits = classifier(self._features(batch))
-            loss = F.cross_entropy(logits, labels[indices.to(device)])  # Eq. (1)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
+            with stage.autocast():
+                logits = clustering.classifier(self._features(batch))
+            loss = F.cross_entropy(logits.float(), labels[indices.to(stage.device)])  # Eq. (1)
+            stage.step(loss)
             total += loss.item() * indices.numel()
         return total / n_draws
 

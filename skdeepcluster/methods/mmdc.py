@@ -1,5 +1,6 @@
 """MMDC: Multi-Modal Deep Clustering (Shiran & Weinshall, ICPR 2020)."""
 
+import functools
 from numbers import Integral, Real
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch.nn import functional as F
 
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor, iterate_batches
+from ..engine import make_optimizer, parameter_groups
 from ..nn.augment import color_jitter, random_affine, random_grayscale, random_resized_crop
 from ..nn.augment import apply_user_augmentation, rotate_quarters, small_image_affine
 from ..nn.backbones import Sobel, make_backbone
@@ -131,6 +133,28 @@ _AUGMENTATIONS = {
 }
 
 
+class _Targets:
+    """The n target points, the mixture component of each, and the mixture means."""
+
+    def __init__(self, points, components, centers):
+        self.points, self.components, self.centers = points, components, centers
+
+    def permute(self, indices, permutation):
+        """Permute the targets of the samples ``indices``; return how many changed component."""
+        new_components = self.components[indices][permutation]
+        changed = int((new_components != self.components[indices]).sum())
+        self.points[indices] = self.points[indices][permutation]
+        self.components[indices] = new_components
+        return changed
+
+    def assign(self, components):
+        """Every sample gets the mean of its new component; return how many changed."""
+        changed = int((components != self.components).sum())
+        self.components.copy_(components)
+        self.points.copy_(self.centers[components])
+        return changed
+
+
 class _MMDCNetwork(nn.Module):
     """Backbone → ``Linear(feat, d)`` → L2-normalised output, and ``Linear(feat, 4)`` for the
     rotation task (absent when the task is off)."""
@@ -220,6 +244,18 @@ class MMDCClusterer(BaseDeepClusterer):
         Paper: 0.2 (÷5); MNIST 0.1.
     proba_temperature : float, default=0.1
         Temperature τ of ``predict_proba`` (not in the paper, which only predicts hard labels).
+    tol : float or None, default=1e-3
+        Stopping rule, with ``max_epochs`` as the cap: a stage ends when fewer than ``tol``
+        of the samples changed mixture component in an epoch (``reassigned`` in
+        ``history_``), for ``n_iter_no_change`` epochs in a row. None: train exactly
+        ``max_epochs`` (the paper's schedule).
+    n_iter_no_change : int, default=5
+        Consecutive epochs below ``tol`` that end a stage.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Arithmetic of the network's forward and backward passes (autocast); weights, optimiser
+        state and losses stay float32. ``"auto"``: bfloat16 where the device computes it
+        natively (CUDA GPUs with bfloat16, CPUs with AMX or AVX512-BF16), else float32.
+        ``"float16"``: CUDA only, with a gradient scaler. The value used is ``precision_``.
     device : str or torch.device, default="auto"
     random_state : int, RandomState instance or None, default=None
     verbose : int, default=0
@@ -240,6 +276,10 @@ class MMDCClusterer(BaseDeepClusterer):
         Per epoch: ``clustering_loss``, ``rotation_loss`` (NaN when the task is off),
         ``reassigned`` (fraction of samples whose target component changed), ``lr``,
         ``seconds``; ``stage`` is ``"cluster"`` or ``"refine"``.
+    n_iter_ : int
+        Epochs trained, over all stages.
+    precision_ : str
+        The arithmetic used (``"float32"``, ``"bfloat16"`` or ``"float16"``).
     module_ : torch.nn.Module
         The network: ``sobel`` (or identity), ``backbone``, ``cluster_head``, ``rotation_head``.
     n_features_in_ : int
@@ -324,6 +364,9 @@ class MMDCClusterer(BaseDeepClusterer):
         lr_decay_epochs=(350,),
         lr_decay_gamma=0.2,
         proba_temperature=0.1,
+        tol=1e-3,
+        n_iter_no_change=5,
+        precision="auto",
         device="auto",
         random_state=None,
         verbose=0,
@@ -345,6 +388,9 @@ class MMDCClusterer(BaseDeepClusterer):
         self.lr_decay_epochs = lr_decay_epochs
         self.lr_decay_gamma = lr_decay_gamma
         self.proba_temperature = proba_temperature
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.precision = precision
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -385,7 +431,7 @@ class MMDCClusterer(BaseDeepClusterer):
             return batch
         return _AUGMENTATIONS[self.augmentation](batch, generator)
 
-    def _fit(self, X, device, generator):
+    def _stages(self, X, trainer, generator):
         n_samples = X.shape[0]
         self.rotation_task_ = bool(self.rotation_task and self.input_kind_ == "images")
         target_dim = self.n_clusters if self.target_dim is None else self.target_dim
@@ -395,6 +441,7 @@ class MMDCClusterer(BaseDeepClusterer):
             n_samples, self.n_clusters, target_dim, sigma=self.sigma, means=self.means,
             generator=generator,
         )
+        targets = _Targets(targets, components, centers)
         input_shape = self.input_shape_
         if self.sobel:
             input_shape = (2, *input_shape[1:])
@@ -402,102 +449,105 @@ class MMDCClusterer(BaseDeepClusterer):
         name = "auto" if user_module is not None else self.backbone
         backbone = make_backbone(name, self.input_kind_, input_shape, user_module=user_module)
         network = _MMDCNetwork(backbone, target_dim, self.rotation_task_, self.sobel)
-        self.module_ = network.to(device)
+        self.module_ = network.to(trainer.device)
 
-        decay, no_decay = [], []
-        for parameter in network.parameters():
-            if parameter.requires_grad:
-                (no_decay if parameter.dim() <= 1 else decay).append(parameter)
-        optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": self.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr,
-            momentum=self.momentum,
+        # SGD with momentum, no weight decay on biases and batch-norm parameters (authors' code)
+        optimizer = make_optimizer(
+            "sgd", parameter_groups(network, self.weight_decay), lr=self.lr,
+            momentum=self.momentum, device=trainer.device,
         )
         milestones = sorted(int(m) for m in np.asarray(self.lr_decay_epochs).ravel())
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=milestones, gamma=self.lr_decay_gamma
         )
-        batch_size = min(self.batch_size, n_samples)
-
-        def rotation_epoch():
-            network.train()
-            total, count = 0.0, 0
-            for indices in _batches(n_samples, batch_size, generator):
-                batch = _rotation_crop(batch_to_tensor(X, indices, device), generator)
-                rotated, labels = rotate_quarters(batch)
-                loss = F.cross_entropy(network.rotation_logits(rotated), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * indices.numel()
-                count += indices.numel()
-            return total / count
-
-        def clustering_epoch(reassign):
-            total, count, changed = 0.0, 0, 0
-            for indices in _batches(n_samples, batch_size, generator):
-                batch = batch_to_tensor(X, indices, device)
-                if reassign:  # update P on the batch (Eq. 1), clean images, eval mode
-                    network.eval()
-                    with torch.no_grad():
-                        outputs = network(batch)
-                    permutation = reassign_batch_targets(outputs, targets[indices].to(device))
-                    new_components = components[indices][permutation]
-                    changed += int((new_components != components[indices]).sum())
-                    targets[indices] = targets[indices][permutation]
-                    components[indices] = new_components
-                network.train()
-                outputs = network(self._augment(batch, generator))
-                loss = F.mse_loss(outputs, targets[indices].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * indices.numel()
-                count += indices.numel()
-            return total / count, changed / n_samples
-
-        def refine_targets():
-            """Sec. III-E: k-means on the outputs, labels aligned to the current targets."""
-            outputs = self._apply_batched(X, network)
-            seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-            # k-means++ with 10 restarts, as the authors' sklearn call: a single random start
-            # flips a large share of the labels from one epoch to the next.
-            labels = KMeans(self.n_clusters, n_init=10, random_state=seed).fit_predict(outputs)
-            # the alignment maximising agreement with the current components (Hungarian)
-            overlap = _overlap(labels, components.numpy(), self.n_clusters)
-            rows, columns = linear_sum_assignment(overlap, maximize=True)
-            mapping = np.empty(self.n_clusters, dtype=np.int64)
-            mapping[rows] = columns
-            new_components = torch.from_numpy(mapping[labels])
-            changed = int((new_components != components).sum())
-            components.copy_(new_components)
-            targets.copy_(centers[new_components])
-            return changed / n_samples
-
-        def run_epoch(epoch, refining):
-            refined = refine_targets() if refining else 0.0
-            rotation_loss = rotation_epoch() if self.rotation_task_ else float("nan")
-            clustering_loss, reassigned = clustering_epoch(reassign=not refining)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            return {
-                "clustering_loss": clustering_loss,
-                "rotation_loss": rotation_loss,
-                "reassigned": refined if refining else reassigned,
-                "lr": lr,
-            }
-
+        options = dict(optimizer=optimizer, scheduler=scheduler, scheduler_interval="epoch",
+                       monitor="reassigned")
         n_main = self.max_epochs if self.refine_epoch is None else self.refine_epoch
         if n_main:
-            self._run_epochs("cluster", n_main, lambda epoch: run_epoch(epoch, False))
-        if n_main < self.max_epochs:
-            self._run_epochs(
-                "refine", self.max_epochs - n_main, lambda epoch: run_epoch(epoch, True)
+            cluster = trainer.stage(
+                "cluster", functools.partial(self._epoch, X, generator, targets, False), n_main,
+                **options,
             )
-        self.means_ = centers.numpy()
-        self.targets_ = targets.numpy()
-        self.target_components_ = components.numpy()
+            yield cluster
+            n_main = cluster.n_epochs
+        if self.refine_epoch is not None:
+            yield trainer.stage(
+                "refine", functools.partial(self._epoch, X, generator, targets, True),
+                self.max_epochs - self.refine_epoch, **options,
+            )
+        self.means_ = targets.centers.numpy()
+        self.targets_ = targets.points.numpy()
+        self.target_components_ = targets.components.numpy()
+
+    def _epoch(self, X, generator, targets, refining, stage):
+        """One epoch of Algorithm 1: a RotNet epoch, then a clustering epoch (with per-batch
+        reassignment of the targets, or — refining — after a k-means reassignment)."""
+        refined = self._refine_targets(X, generator, targets) if refining else 0.0
+        rotation_loss = (
+            self._rotation_epoch(X, generator, stage) if self.rotation_task_ else float("nan")
+        )
+        clustering_loss, reassigned = self._clustering_epoch(
+            X, generator, targets, stage, reassign=not refining
+        )
+        return {
+            "clustering_loss": clustering_loss,
+            "rotation_loss": rotation_loss,
+            "reassigned": refined if refining else reassigned,
+        }
+
+    def _rotation_epoch(self, X, generator, stage):
+        """RotNet: every image of the batch at 0/90/180/270°, cross-entropy on the rotation."""
+        network = self.module_
+        network.train()
+        total, count = 0.0, 0
+        for indices in _batches(X.shape[0], min(self.batch_size, X.shape[0]), generator):
+            batch = _rotation_crop(batch_to_tensor(X, indices, stage.device), generator)
+            rotated, labels = rotate_quarters(batch)
+            with stage.autocast():
+                logits = network.rotation_logits(rotated)
+            loss = F.cross_entropy(logits.float(), labels)
+            stage.step(loss)
+            total += loss.item() * indices.numel()
+            count += indices.numel()
+        return total / count
+
+    def _clustering_epoch(self, X, generator, targets, stage, reassign):
+        """Per batch: (a) outputs of the clean images in eval mode, (b) the batch's targets
+        permuted by the Hungarian method (Eq. 1 over P), (c) MSE on the augmented images."""
+        network = self.module_
+        total, count, changed = 0.0, 0, 0
+        for indices in _batches(X.shape[0], min(self.batch_size, X.shape[0]), generator):
+            batch = batch_to_tensor(X, indices, stage.device)
+            if reassign:  # update P on the batch (Eq. 1), clean images, eval mode
+                network.eval()
+                with torch.no_grad(), stage.autocast():
+                    outputs = network(batch).float()
+                permutation = reassign_batch_targets(
+                    outputs, targets.points[indices].to(stage.device)
+                )
+                changed += targets.permute(indices, permutation)
+            network.train()
+            with stage.autocast():
+                outputs = network(self._augment(batch, generator))
+            loss = F.mse_loss(outputs.float(), targets.points[indices].to(stage.device))
+            stage.step(loss)
+            total += loss.item() * indices.numel()
+            count += indices.numel()
+        return total / count, changed / X.shape[0]
+
+    def _refine_targets(self, X, generator, targets):
+        """Sec. III-E: k-means on the outputs, labels aligned to the current targets."""
+        outputs = self._apply_batched(X, self.module_)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        # k-means++ with 10 restarts, as the authors' sklearn call: a single random start
+        # flips a large share of the labels from one epoch to the next.
+        labels = KMeans(self.n_clusters, n_init=10, random_state=seed).fit_predict(outputs)
+        # the alignment maximising agreement with the current components (Hungarian)
+        overlap = _overlap(labels, targets.components.numpy(), self.n_clusters)
+        rows, columns = linear_sum_assignment(overlap, maximize=True)
+        mapping = np.empty(self.n_clusters, dtype=np.int64)
+        mapping[rows] = columns
+        return targets.assign(torch.from_numpy(mapping[labels])) / X.shape[0]
 
     # ------------------------------------------------------------------ inference
     def _distances(self, batch):

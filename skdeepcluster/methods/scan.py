@@ -1,7 +1,7 @@
 """SCAN: Semantic Clustering by Adopting Nearest neighbours (Van Gansbeke et al., ECCV 2020)."""
 
 import copy
-import math
+import functools
 import warnings
 from numbers import Integral, Real
 
@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor, iterate_batches
+from ..engine import ExponentialMovingAverage, make_optimizer, parameter_groups
 from ..neighbors import mine_neighbors
 from ..nn.augment import (
     color_jitter,
@@ -61,6 +62,48 @@ class _NormalizedEmbedder(nn.Module):
 
     def forward(self, x):
         return F.normalize(self.module(x).flatten(1), dim=1)
+
+
+class _HeadSelection:
+    """The SCAN step's selection (lowest λ = 1 loss over heads and epochs) and the assignments
+    of the previous epoch, for the stopping rule."""
+
+    def __init__(self):
+        self.loss = np.inf
+        self.previous = None
+
+    def keep(self, **chosen):
+        self.__dict__.update(chosen)
+
+    def update(self, assignments):
+        """Fraction of (sample, head) assignments that changed since the last call (1 at first)."""
+        changed = 1.0 if self.previous is None else float((assignments != self.previous).mean())
+        self.previous = assignments
+        return changed
+
+
+class _NeighbourCheck:
+    """The pretext stage's stopping signal: how much of the k-NN lists changed since the last
+    epoch, on a fixed random subset of at most ``max_samples`` samples (mined among themselves)."""
+
+    max_samples = 10_000
+
+    def __init__(self, n_samples, k, generator):
+        size = min(n_samples, self.max_samples)
+        order = torch.randperm(n_samples, generator=generator)[:size]
+        self.indices = np.sort(order.numpy())
+        self.k = max(1, min(k, size - 1))
+        self.previous = None
+
+    def update(self, embeddings):
+        """Mean share of each sample's k neighbours that were not among them at the last call."""
+        neighbors = mine_neighbors(embeddings, self.k, include_self=False)
+        changed = 1.0
+        if self.previous is not None:  # (n, k, k) comparisons: no n×n matrix
+            kept = (neighbors[:, :, None] == self.previous[:, None, :]).any(axis=2)
+            changed = float(1.0 - kept.mean())
+        self.previous = neighbors
+        return changed
 
 
 class SCANClusterer(BaseDeepClusterer):
@@ -167,6 +210,23 @@ class SCANClusterer(BaseDeepClusterer):
         self-labelling step by their exponential moving average with this momentum.
     cutout_size : float, default=0.5
         Side of the Cutout square, as a fraction of the image side (authors: 16 px of 32).
+    tol : float or None, default=1e-3
+        Stopping rule of each step, with the step's epochs as the cap: the SCAN and
+        self-labelling steps end when fewer than ``tol`` of the training samples changed
+        cluster in an epoch, the pretext step when fewer than ``pretext_tol`` of the mined
+        neighbours changed, for ``n_iter_no_change`` epochs in a row. None: every step runs
+        all its epochs (the paper's fixed schedules).
+    pretext_tol : float, default=0.05
+        The pretext step's threshold on the share of each sample's ``n_neighbors`` nearest
+        neighbours (on at most 10 000 samples) that changed since the previous epoch; unused
+        when ``tol`` is None.
+    n_iter_no_change : int, default=5
+        Consecutive epochs below the threshold that end a step.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Arithmetic of the network's forward and backward passes (autocast); weights, optimiser
+        state and losses stay float32. ``"auto"``: bfloat16 where the device computes it
+        natively (CUDA GPUs with bfloat16, CPUs with AMX or AVX512-BF16), else float32.
+        ``"float16"``: CUDA only, with a gradient scaler. The value used is ``precision_``.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else CPU.
     random_state : int, RandomState instance or None, default=None
@@ -199,6 +259,10 @@ class SCANClusterer(BaseDeepClusterer):
         ``lr``; scan ``loss``, ``consistency``, ``entropy`` (train, mean over heads) and
         ``eval_loss`` (λ = 1, best head); selflabel ``loss``, ``n_confident`` (confident samples
         seen in the epoch) and ``skipped_batches``.
+    n_iter_ : int
+        Epochs trained, over all stages.
+    precision_ : str
+        The arithmetic used (``"float32"``, ``"bfloat16"`` or ``"float16"``).
     module_ : torch.nn.ModuleDict
         ``embedder`` (the frozen mining space), ``backbone`` and ``heads`` (the kept head only
         once the SCAN step is over).
@@ -294,6 +358,7 @@ class SCANClusterer(BaseDeepClusterer):
         "class_balancing": ["boolean"],
         "ema_momentum": [Interval(Real, 0, 1, closed="neither"), None],
         "cutout_size": [Interval(Real, 0, 1, closed="both")],
+        "pretext_tol": [Interval(Real, 0, 1, closed="both")],
     }
 
     def __init__(
@@ -328,6 +393,10 @@ class SCANClusterer(BaseDeepClusterer):
         class_balancing=True,
         ema_momentum=None,
         cutout_size=0.5,
+        tol=1e-3,
+        pretext_tol=0.05,
+        n_iter_no_change=5,
+        precision="auto",
         device="auto",
         random_state=None,
         verbose=0,
@@ -361,6 +430,10 @@ class SCANClusterer(BaseDeepClusterer):
         self.class_balancing = class_balancing
         self.ema_momentum = ema_momentum
         self.cutout_size = cutout_size
+        self.tol = tol
+        self.pretext_tol = pretext_tol
+        self.n_iter_no_change = n_iter_no_change
+        self.precision = precision
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -408,62 +481,106 @@ class SCANClusterer(BaseDeepClusterer):
             return self._simclr_views(x, generator)
         return strong_augment(x, generator, flip=self.flip, n_ops=4, cutout_size=self.cutout_size)
 
-    # ------------------------------------------------------------------ step 1: pretext
-    def _train_pretext(self, X, network, device, generator):
-        n_samples = X.shape[0]
-        batch_size = min(self.pretext_batch_size, n_samples)
-        optimizer = torch.optim.SGD(
-            network.parameters(), lr=self.pretext_lr, momentum=0.9, weight_decay=self.weight_decay
-        )
-        min_lr = self.pretext_lr * 1e-3
+    # ------------------------------------------------------------------ the stages
+    def _stages(self, X, trainer, generator):
+        device = trainer.device
+        network, pretext_model = self._pretext_network()
+        if network is not None:  # step 1: the pretext task
+            pretext_model = network.to(device)
+            yield self._pretext_stage(X, network, trainer, generator)
+            network.eval()
+        embedder, backbone = self._clustering_networks(pretext_model)
+        self._has_pretext_model = pretext_model is not None
+        self.module_ = nn.ModuleDict({"embedder": embedder, "backbone": backbone}).to(device)
 
-        def run_epoch(epoch):
-            # cosine annealing per epoch (authors' code)
-            lr = min_lr + (self.pretext_lr - min_lr) * 0.5 * (
-                1 + math.cos(math.pi * epoch / self.pretext_epochs)
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            network.train()
-            total, steps = 0.0, 0
-            for indices in iterate_batches(
-                n_samples, batch_size, shuffle=True, generator=generator, drop_last=True
-            ):
-                images = batch_to_tensor(X, indices, device)
-                views = torch.cat(
-                    [self._simclr_views(images, generator), self._simclr_views(images, generator)]
+        # step 2: mining, in the space of the (frozen) embedder
+        self.neighbors_ = self._mine(self._apply_batched(X, self.module_["embedder"]))
+
+        # step 3: the SCAN loss, n_heads heads at once
+        self.module_["heads"] = MultiHeadLinear(
+            self.n_heads, backbone.out_features, self.n_clusters
+        ).to(device)
+        selection = _HeadSelection()
+        yield self._scan_stage(X, trainer, generator, selection)
+        self._keep_best(selection)
+
+        # step 4: self-labelling
+        self.n_skipped_batches_ = 0
+        if self.self_labeling:
+            stage = self._self_labeling_stage(X, trainer, generator)
+            yield stage
+            n_batches = stage.n_epochs * max(1, X.shape[0] // stage.batch_size)
+            if self.n_skipped_batches_:
+                warnings.warn(
+                    f"Self-labelling skipped {self.n_skipped_batches_} of {n_batches} batches: "
+                    f"no sample had a probability above confidence_threshold="
+                    f"{self.confidence_threshold}. Train the SCAN step longer or lower the "
+                    "threshold.",
+                    ConvergenceWarning,
+                    stacklevel=4,
                 )
-                z1, z2 = network(views).chunk(2)
-                loss = nt_xent_loss(z1, z2, self.temperature)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item()
-                steps += 1
-            return {"loss": total / steps, "lr": lr}
+        proba = self._apply_batched(X, self._proba_tensor)
+        self.n_confident_ = int((proba.max(axis=1) > self.confidence_threshold).sum())
 
-        self._run_epochs("pretext", self.pretext_epochs, run_epoch)
-        network.eval()
-
-    def _build_networks(self, X, device, generator):
-        """Return (embedder, clustering backbone, pretext model or None); runs the pretext."""
+    # ------------------------------------------------------------------ step 1: pretext
+    def _pretext_network(self):
+        """(network to train with the pretext task or None, ready pretext model or None)."""
         kind, shape = self.input_kind_, self.input_shape_
         user = self.backbone if isinstance(self.backbone, nn.Module) else None
         if kind == "images" and self.pretext == "simclr":
             if isinstance(user, SimCLRNetwork):
-                network = copy.deepcopy(user)
-            else:
-                name = "auto" if user is not None else self.backbone
-                base = make_backbone(name, kind, shape, user_module=user)
-                network = SimCLRNetwork(base, self.projection_dim)
-            network.to(device)
-            self._train_pretext(X, network, device, generator)
-            pretext_model = network
-        elif isinstance(user, SimCLRNetwork):
-            pretext_model = copy.deepcopy(user)
-        else:
-            pretext_model = None
+                return copy.deepcopy(user), None
+            name = "auto" if user is not None else self.backbone
+            base = make_backbone(name, kind, shape, user_module=user)
+            return SimCLRNetwork(base, self.projection_dim), None
+        if isinstance(user, SimCLRNetwork):
+            return None, copy.deepcopy(user)
+        return None, None
 
+    def _pretext_stage(self, X, network, trainer, generator):
+        """SimCLR: SGD (momentum 0.9) with cosine annealing per epoch to ``lr·1e-3`` (authors)."""
+        optimizer = make_optimizer(
+            "sgd",
+            parameter_groups(network, self.weight_decay, decay="all"),
+            lr=self.pretext_lr,
+            momentum=0.9,
+            device=trainer.device,
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=self.pretext_epochs, eta_min=self.pretext_lr * 1e-3
+        )
+        check = _NeighbourCheck(X.shape[0], min(self.n_neighbors, X.shape[0] - 1), generator)
+        epoch = functools.partial(self._pretext_epoch, X, network, generator, check)
+        return trainer.stage(
+            "pretext", epoch, self.pretext_epochs, optimizer=optimizer, scheduler=scheduler,
+            scheduler_interval="epoch", monitor="neighbors_changed", tol=self.pretext_tol,
+        )
+
+    def _pretext_epoch(self, X, network, generator, check, stage):
+        """One SimCLR epoch: two views of every image, NT-Xent; then the neighbour check."""
+        network.train()
+        batch_size = min(self.pretext_batch_size, X.shape[0])
+        total, steps = 0.0, 0
+        for indices in iterate_batches(
+            X.shape[0], batch_size, shuffle=True, generator=generator, drop_last=True
+        ):
+            images = batch_to_tensor(X, indices, stage.device)
+            views = torch.cat(
+                [self._simclr_views(images, generator), self._simclr_views(images, generator)]
+            )
+            with stage.autocast():
+                z1, z2 = network(views).chunk(2)
+            loss = nt_xent_loss(z1.float(), z2.float(), self.temperature)
+            stage.step(loss)
+            total += loss.item()
+            steps += 1
+        embeddings = self._apply_batched(X[check.indices], network, module=network)
+        return {"loss": total / steps, "neighbors_changed": check.update(embeddings)}
+
+    def _clustering_networks(self, pretext_model):
+        """(frozen embedder that defines the mining space, backbone trained by the SCAN loss)."""
+        kind, shape = self.input_kind_, self.input_shape_
+        user = self.backbone if isinstance(self.backbone, nn.Module) else None
         if pretext_model is not None:
             embedder = pretext_model
             backbone = copy.deepcopy(pretext_model.backbone)
@@ -474,7 +591,7 @@ class SCANClusterer(BaseDeepClusterer):
             embedder = _NormalizedEmbedder(nn.Flatten())
             backbone = make_backbone(self.backbone, kind, shape)
         embedder.requires_grad_(False).eval()
-        return embedder, backbone, pretext_model
+        return embedder, backbone
 
     # ------------------------------------------------------------------ step 2: mining
     def _mine(self, embeddings, warn=True):
@@ -485,7 +602,7 @@ class SCANClusterer(BaseDeepClusterer):
                 f"n_neighbors={self.n_neighbors} needs more than n_samples={n_samples} "
                 f"samples; using {k}.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         # k + 1 with the sample itself, as the authors' code (the self-pair is kept on purpose)
         return mine_neighbors(embeddings, k + 1, include_self=True, index=self.neighbor_index)
@@ -509,160 +626,154 @@ class SCANClusterer(BaseDeepClusterer):
         entropy = -(marginal * marginal.log()).sum(dim=1)
         return (pair_sums / n_pairs - entropy).numpy()
 
-    def _train_scan(self, X, device, generator):
-        n_samples = X.shape[0]
+    def _scan_stage(self, X, trainer, generator, selection):
+        """Adam on the heads (and the backbone unless ``freeze_backbone``), wd on everything."""
         backbone, heads = self.module_["backbone"], self.module_["heads"]
-        batch_size = min(self.batch_size, n_samples)
-        parameters = list(heads.parameters())
-        if self.freeze_backbone:
-            backbone.requires_grad_(False)
-        else:
-            parameters += list(backbone.parameters())
-        optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
-        neighbors_t = torch.from_numpy(self.neighbors_)
-        n_choices = self.neighbors_.shape[1]
-        best = {"loss": np.inf}
+        backbone.requires_grad_(not self.freeze_backbone)
+        trained = nn.ModuleList([heads] if self.freeze_backbone else [backbone, heads])
+        optimizer = make_optimizer(
+            "adam", parameter_groups(trained, self.weight_decay, decay="all"), lr=self.lr,
+            device=trainer.device,
+        )
+        epoch = functools.partial(self._scan_epoch, X, generator, selection)
+        return trainer.stage("scan", epoch, self.max_epochs, optimizer=optimizer,
+                             monitor="changed")
 
-        def run_epoch(epoch):
-            backbone.train(not self.freeze_backbone)
-            heads.train()
-            sums = torch.zeros(3, self.n_heads)
-            steps = 0
-            for anchors in iterate_batches(
-                n_samples, batch_size, shuffle=True, generator=generator, drop_last=True
-            ):
-                choice = torch.randint(n_choices, (anchors.numel(),), generator=generator)
-                neighbours = neighbors_t[anchors, choice]
-                images = batch_to_tensor(X, torch.cat([anchors, neighbours]), device)
-                anchor_x, neighbour_x = images.chunk(2)
-                views = torch.cat(
-                    [self._augment(anchor_x, generator), self._augment(neighbour_x, generator)]
-                )
-                anchor_logits, neighbour_logits = self._logits(views).chunk(2, dim=1)
-                total, consistency, entropy = scan_loss(
-                    anchor_logits, neighbour_logits, self.entropy_weight
-                )
-                optimizer.zero_grad(set_to_none=True)
-                total.sum().backward()  # heads are independent: the sum trains each on its own
-                optimizer.step()
-                sums += torch.stack([total, consistency, entropy]).detach().cpu()
-                steps += 1
-            sums /= steps
-            # head and epoch selection: SCAN loss with λ = 1 on the non-augmented training data
-            proba = self._apply_batched(
-                X, lambda batch: torch.softmax(self._logits(batch), dim=-1).transpose(0, 1)
+    def _scan_epoch(self, X, generator, selection, stage):
+        """One epoch of the SCAN loss (Eq. 2) on anchor/neighbour pairs, both strongly
+        augmented; then every head's SCAN loss with λ = 1 on the non-augmented training data,
+        which selects the kept head and epoch."""
+        backbone, heads = self.module_["backbone"], self.module_["heads"]
+        n_samples = X.shape[0]
+        backbone.train(not self.freeze_backbone)
+        heads.train()
+        neighbors = torch.from_numpy(self.neighbors_)
+        sums = torch.zeros(3, self.n_heads)
+        steps = 0
+        for anchors in iterate_batches(
+            n_samples, min(self.batch_size, n_samples), shuffle=True, generator=generator,
+            drop_last=True,
+        ):
+            choice = torch.randint(neighbors.shape[1], (anchors.numel(),), generator=generator)
+            images = batch_to_tensor(X, torch.cat([anchors, neighbors[anchors, choice]]),
+                                     stage.device)
+            anchor_x, neighbour_x = images.chunk(2)
+            views = torch.cat(
+                [self._augment(anchor_x, generator), self._augment(neighbour_x, generator)]
             )
-            head_losses = self._head_losses(proba, self.neighbors_)
-            head = int(np.argmin(head_losses))
-            if head_losses[head] < best["loss"]:
-                best.update(
-                    loss=float(head_losses[head]),
-                    head=head,
-                    epoch=epoch + 1,
-                    head_losses=head_losses,
-                    state=copy.deepcopy(
-                        {"backbone": backbone.state_dict(), "heads": heads.state_dict()}
-                    ),
-                )
-            return {
-                "loss": float(sums[0].mean()),
-                "consistency": float(sums[1].mean()),
-                "entropy": float(sums[2].mean()),
-                "eval_loss": float(head_losses[head]),
-                "eval_head": head,
-            }
+            with stage.autocast():
+                anchor_logits, neighbour_logits = self._logits(views).chunk(2, dim=1)
+            total, consistency, entropy = scan_loss(
+                anchor_logits, neighbour_logits, self.entropy_weight
+            )
+            stage.step(total.sum())  # heads are independent: the sum trains each on its own
+            sums += torch.stack([total, consistency, entropy]).detach().cpu()
+            steps += 1
+        sums /= max(steps, 1)
+        proba = self._apply_batched(
+            X, lambda batch: torch.softmax(self._logits(batch).float(), dim=-1).transpose(0, 1)
+        )
+        head_losses = self._head_losses(proba, self.neighbors_)
+        head = int(np.argmin(head_losses))
+        changed = selection.update(proba.argmax(axis=-1))
+        if head_losses[head] < selection.loss:
+            selection.keep(
+                loss=float(head_losses[head]),
+                head=head,
+                epoch=stage.epoch + 1,
+                head_losses=head_losses,
+                state=copy.deepcopy(
+                    {"backbone": backbone.state_dict(), "heads": heads.state_dict()}
+                ),
+            )
+        return {
+            "loss": float(sums[0].mean()),
+            "consistency": float(sums[1].mean()),
+            "entropy": float(sums[2].mean()),
+            "eval_loss": float(head_losses[head]),
+            "eval_head": head,
+            "changed": changed,
+        }
 
-        self._run_epochs("scan", self.max_epochs, run_epoch)
-        backbone.load_state_dict(best["state"]["backbone"])
-        heads.load_state_dict(best["state"]["heads"])
+    def _keep_best(self, selection):
+        """Restore the selected epoch's weights and keep only its best head."""
+        backbone, heads = self.module_["backbone"], self.module_["heads"]
+        backbone.load_state_dict(selection.state["backbone"])
+        heads.load_state_dict(selection.state["heads"])
         backbone.requires_grad_(True)
-        self.best_head_ = best["head"]
-        self.best_epoch_ = best["epoch"]
-        self.head_losses_ = best["head_losses"]
-        # keep only the best head from here on
-        kept = MultiHeadLinear(1, heads.in_features, heads.out_features).to(device)
+        self.best_head_ = selection.head
+        self.best_epoch_ = selection.epoch
+        self.head_losses_ = selection.head_losses
+        kept = MultiHeadLinear(1, heads.in_features, heads.out_features).to(heads.weight.device)
         with torch.no_grad():
             kept.weight.copy_(heads.weight[self.best_head_ : self.best_head_ + 1])
             kept.bias.copy_(heads.bias[self.best_head_ : self.best_head_ + 1])
         self.module_["heads"] = kept
 
     # ------------------------------------------------------------------ step 4: self-labelling
-    def _train_self_labeling(self, X, device, generator):
-        n_samples = X.shape[0]
-        backbone, head = self.module_["backbone"], self.module_["heads"]
-        batch_size = min(self.self_labeling_batch_size, n_samples)
-        parameters = list(backbone.parameters()) + list(head.parameters())
+    def _self_labeling_stage(self, X, trainer, generator):
+        """Adam on backbone and head; optionally the weights replaced by their EMA every step."""
+        network = nn.ModuleList([self.module_["backbone"], self.module_["heads"]])
         lr = self.lr if self.self_labeling_lr is None else self.self_labeling_lr
-        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=self.weight_decay)
-        shadow = [p.detach().clone() for p in parameters] if self.ema_momentum else None
-        self.n_skipped_batches_ = 0
+        optimizer = make_optimizer(
+            "adam", parameter_groups(network, self.weight_decay, decay="all"), lr=lr,
+            device=trainer.device,
+        )
+        ema = None
+        if self.ema_momentum:
+            parameters = list(network.parameters())
+            shadow = [p.detach().clone() for p in parameters]
+            ema = ExponentialMovingAverage(shadow, parameters, self.ema_momentum)
+        assignments = torch.full((X.shape[0],), -1, dtype=torch.int64)
+        epoch = functools.partial(self._self_labeling_epoch, X, generator, assignments)
+        stage = trainer.stage("selflabel", epoch, self.self_labeling_epochs,
+                              optimizer=optimizer, ema=ema, monitor="changed")
+        stage.batch_size = min(self.self_labeling_batch_size, X.shape[0])
+        return stage
 
-        def run_epoch(epoch):
-            backbone.train()
-            head.train()
-            loss_sum, n_updates, n_confident, skipped = 0.0, 0, 0, 0
-            for indices in iterate_batches(
-                n_samples, batch_size, shuffle=True, generator=generator, drop_last=True
-            ):
-                images = batch_to_tensor(X, indices, device)
-                with torch.no_grad():
-                    weak_logits = self._logits(images)[0]
+    def _self_labeling_epoch(self, X, generator, assignments, stage):
+        """Confident weak-view predictions (> ``confidence_threshold``) are the targets of a
+        class-balanced cross-entropy on the strong view; a batch without any is skipped."""
+        backbone, head = self.module_["backbone"], self.module_["heads"]
+        backbone.train()
+        head.train()
+        loss_sum, n_updates, n_confident, skipped = 0.0, 0, 0, 0
+        changed = compared = 0
+        for indices in iterate_batches(
+            X.shape[0], stage.batch_size, shuffle=True, generator=generator, drop_last=True
+        ):
+            images = batch_to_tensor(X, indices, stage.device)
+            with torch.no_grad(), stage.autocast():
+                weak_logits = self._logits(images)[0].float()
+            labels = weak_logits.argmax(dim=1).cpu()
+            seen = assignments[indices] >= 0
+            changed += int(((assignments[indices] != labels) & seen).sum())
+            compared += int(seen.sum())
+            assignments[indices] = labels
+            with stage.autocast():
                 strong_logits = self._logits(self._augment(images, generator))[0]
-                loss, confident = confidence_cross_entropy(
-                    weak_logits,
-                    strong_logits,
-                    self.confidence_threshold,
-                    self.class_balancing,
-                )
-                n_confident += confident
-                if loss is None:  # no confident sample in this batch: nothing to learn from
-                    skipped += 1
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if shadow is not None:
-                    with torch.no_grad():
-                        torch._foreach_lerp_(shadow, parameters, 1.0 - self.ema_momentum)
-                        torch._foreach_copy_(parameters, shadow)
-                loss_sum += loss.item()
-                n_updates += 1
-            self.n_skipped_batches_ += skipped
-            return {
-                "loss": loss_sum / n_updates if n_updates else float("nan"),
-                "n_confident": n_confident,
-                "skipped_batches": skipped,
-            }
-
-        self._run_epochs("selflabel", self.self_labeling_epochs, run_epoch)
-        n_batches = self.self_labeling_epochs * max(1, n_samples // batch_size)
-        if self.n_skipped_batches_:
-            warnings.warn(
-                f"Self-labelling skipped {self.n_skipped_batches_} of {n_batches} batches: no "
-                f"sample had a probability above confidence_threshold="
-                f"{self.confidence_threshold}. Train the SCAN step longer or lower the threshold.",
-                ConvergenceWarning,
-                stacklevel=4,
+            loss, confident = confidence_cross_entropy(
+                weak_logits, strong_logits.float(), self.confidence_threshold,
+                self.class_balancing,
             )
-
-    # ------------------------------------------------------------------ driver
-    def _fit(self, X, device, generator):
-        embedder, backbone, pretext_model = self._build_networks(X, device, generator)
-        self._has_pretext_model = pretext_model is not None
-        self.module_ = nn.ModuleDict({"embedder": embedder, "backbone": backbone})
-        self.module_.to(device)
-        embeddings = self._apply_batched(X, self.module_["embedder"])
-        self.neighbors_ = self._mine(embeddings)
-
-        self.module_["heads"] = MultiHeadLinear(
-            self.n_heads, backbone.out_features, self.n_clusters
-        ).to(device)
-        self._train_scan(X, device, generator)
-        self.n_skipped_batches_ = 0
-        if self.self_labeling:
-            self._train_self_labeling(X, device, generator)
-        proba = self._apply_batched(X, self._proba_tensor)
-        self.n_confident_ = int((proba.max(axis=1) > self.confidence_threshold).sum())
+            n_confident += confident
+            if loss is None:  # no confident sample in this batch: nothing to learn from
+                skipped += 1
+                continue
+            stage.step(loss)
+            if stage.ema is not None:  # the weights become their moving average
+                with torch.no_grad():
+                    for parameter, average in zip(stage.ema.source, stage.ema.average):
+                        parameter.copy_(average)
+            loss_sum += loss.item()
+            n_updates += 1
+        self.n_skipped_batches_ += skipped
+        return {
+            "loss": loss_sum / n_updates if n_updates else float("nan"),
+            "n_confident": n_confident,
+            "skipped_batches": skipped,
+            "changed": changed / compared if compared else 1.0,
+        }
 
     def _warn_if_degenerate(self, labels):
         super()._warn_if_degenerate(labels)

@@ -1,8 +1,10 @@
 """TEMI: Teacher Ensemble-weighted pointwise Mutual Information (Adaloglou et al., BMVC 2023)."""
 
 import copy
+import functools
 import math
 import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -12,9 +14,15 @@ from torch import nn
 
 from ..base import BaseDeepClusterer
 from ..data import iterate_batches
+from ..engine import (
+    ExponentialMovingAverage,
+    make_optimizer,
+    parameter_groups,
+    warmup_cosine_schedule,
+)
 from ..neighbors import mine_neighbors
-from ..nn.heads import TEMIHeads
-from ..nn.losses import temi_pair_loss, update_cluster_prior
+from ..nn.heads import TEMIHeads, head_groups
+from ..nn.losses import instance_weights, temi_pair_loss, update_cluster_prior
 
 __all__ = ["TEMIClusterer"]
 
@@ -30,6 +38,19 @@ def auto_teacher_momentum(total_steps, paper_momentum=0.996):
     teacher follows its student; from 7 500 steps on this is the paper's 0.996.
     """
     return float(min(paper_momentum, max(0.9, 1.0 - 30.0 / total_steps)))
+
+
+@dataclass
+class _PairData:
+    """What the TEMI epochs share: features, neighbours, prior, tracked assignments."""
+
+    features: torch.Tensor
+    neighbors: torch.Tensor
+    batch_size: int
+    generator: torch.Generator
+    prior: torch.Tensor
+    assignments: torch.Tensor
+    head_groups: list
 
 
 class TEMIClusterer(BaseDeepClusterer):
@@ -63,21 +84,24 @@ class TEMIClusterer(BaseDeepClusterer):
     tau : float, default=0.1
         Softmax temperature of student and teacher.
     teacher_momentum : float or "auto", default="auto"
-        EMA momentum m of the teacher heads. ``"auto"``: the paper's 0.996 when training lasts at
-        least 7 500 steps, else ``1 - 30 / total_steps``, at least 0.9 (small-data rule, see
-        Notes): the teacher's averaging window ``1 / (1 - m)`` stays under 1/30 of the run. The
-        value used is ``teacher_momentum_``.
+        EMA momentum m of the teacher heads. ``"auto"``: the paper's 0.996 when ``max_epochs``
+        amount to at least 7 500 steps, else ``1 - 30 / total_steps``, at least 0.9 (small-data
+        rule, see Notes): the teacher's averaging window ``1 / (1 - m)`` stays under 1/30 of
+        the run. The value used is ``teacher_momentum_``.
     teacher_momentum_schedule : {"constant", "cosine"}, default="constant"
         ``"cosine"`` raises the momentum to 1 over training (the authors' code option).
     prior_momentum : float, default=0.9
         EMA momentum of the cluster prior q̃(c), updated before each step's loss.
     max_epochs : int, default=200
-        Paper: 200 epochs. See ``min_steps``.
-    min_steps : int, default=2000
-        Small-data rule: the number of epochs is ``max(max_epochs, ceil(min_steps /
-        steps_per_epoch))``. On ImageNet-scale data this changes nothing; on 1 797 digits
-        it trains 2 000 steps instead of the paper's 200 epochs of a few steps each.
-        ``min_steps=0`` trains exactly ``max_epochs``.
+        Cap on the epochs (paper: 200), always honoured; the stopping rule may end training
+        earlier (``tol``).
+    tol : float or None, default=1e-3
+        Stopping rule: training ends when fewer than ``tol`` of the anchors seen in an epoch
+        changed their teacher cluster since their previous visit (mean over heads), for
+        ``n_iter_no_change`` epochs in a row. None: train exactly ``max_epochs`` (the paper's
+        fixed schedule). See Notes.
+    n_iter_no_change : int, default=5
+        Consecutive epochs below ``tol`` that end training.
     batch_size : int, default=512
         Anchors per step (capped at n_samples). Every anchor is paired with one neighbour.
     lr : float, default=1e-4
@@ -98,6 +122,11 @@ class TEMIClusterer(BaseDeepClusterer):
         Width of each head's L2-normalised bottleneck.
     neighbor_index : {"auto", "exact", "approximate"}, default="auto"
         faiss index for mining (see :func:`~skdeepcluster.mine_neighbors`).
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Arithmetic of the heads' matrix products (autocast); weights, optimiser state and the
+        loss stay float32. ``"auto"``: bfloat16 where the device computes it natively (CUDA
+        GPUs with bfloat16, CPUs with AMX or AVX512-BF16), else float32. ``"float16"``: CUDA
+        only, with a gradient scaler. The value used is ``precision_``.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else CPU.
     random_state : int, RandomState instance or None, default=None
@@ -118,13 +147,20 @@ class TEMIClusterer(BaseDeepClusterer):
     cluster_prior_ : ndarray of shape (n_heads, n_clusters)
         The EMA cluster prior of every head at the end of training.
     history_ : list of dict
-        Per epoch: ``loss`` (mean over heads), ``best_head_loss``, ``lr``, ``seconds``.
+        Per epoch: ``loss`` (mean over heads), ``best_head_loss``, ``changed`` (the stopping
+        rule's fraction), ``lr``, ``seconds``, ``cpu_seconds``.
+    n_iter_ : int
+        Epochs trained.
+    precision_ : str
+        The arithmetic used (``"float32"``, ``"bfloat16"`` or ``"float16"``).
     batch_size_ : int
         The batch size used (``batch_size`` capped at n_samples).
     teacher_momentum_ : float
         The teacher EMA momentum used (after the ``"auto"`` rule).
     n_steps_ : int
         Optimiser steps taken.
+    head_groups_ : int
+        Number of groups the heads were computed in (1 on a GPU; cache-sized groups on a CPU).
     module_ : torch.nn.ModuleDict
         ``backbone`` (or identity), ``student`` and ``teacher`` heads.
     n_features_in_ : int
@@ -164,7 +200,7 @@ class TEMIClusterer(BaseDeepClusterer):
     >>> from sklearn.datasets import load_digits
     >>> from skdeepcluster import TEMIClusterer
     >>> X, y = load_digits(return_X_y=True)
-    >>> model = TEMIClusterer(n_clusters=10, n_heads=2, min_steps=20, max_epochs=1,
+    >>> model = TEMIClusterer(n_clusters=10, n_heads=2, max_epochs=5,
     ...                       random_state=0).fit(X / 16)
     >>> model.labels_.shape
     (1797,)
@@ -180,7 +216,6 @@ class TEMIClusterer(BaseDeepClusterer):
         "teacher_momentum": [Interval(Real, 0, 1, closed="both"), StrOptions({"auto"})],
         "teacher_momentum_schedule": [StrOptions({"constant", "cosine"})],
         "prior_momentum": [Interval(Real, 0, 1, closed="both")],
-        "min_steps": [Interval(Integral, 0, None, closed="left")],
         "lr_schedule": [StrOptions({"constant", "cosine"})],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "scale_lr_with_batch": ["boolean"],
@@ -204,7 +239,8 @@ class TEMIClusterer(BaseDeepClusterer):
         teacher_momentum_schedule="constant",
         prior_momentum=0.9,
         max_epochs=200,
-        min_steps=2000,
+        tol=1e-3,
+        n_iter_no_change=5,
         batch_size=512,
         lr=1e-4,
         weight_decay=1e-4,
@@ -215,6 +251,7 @@ class TEMIClusterer(BaseDeepClusterer):
         hidden_dim=512,
         bottleneck_dim=256,
         neighbor_index="auto",
+        precision="auto",
         device="auto",
         random_state=None,
         verbose=0,
@@ -230,7 +267,8 @@ class TEMIClusterer(BaseDeepClusterer):
         self.teacher_momentum_schedule = teacher_momentum_schedule
         self.prior_momentum = prior_momentum
         self.max_epochs = max_epochs
-        self.min_steps = min_steps
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -241,6 +279,7 @@ class TEMIClusterer(BaseDeepClusterer):
         self.hidden_dim = hidden_dim
         self.bottleneck_dim = bottleneck_dim
         self.neighbor_index = neighbor_index
+        self.precision = precision
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -256,25 +295,28 @@ class TEMIClusterer(BaseDeepClusterer):
     def _embed(self, batch):
         return self.module_["backbone"](batch).flatten(1)
 
-    def _fit(self, X, device, generator):
+    def _stages(self, X, trainer, generator):
+        device = trainer.device
         backbone = nn.Identity() if self.backbone is None else copy.deepcopy(self.backbone)
         backbone.requires_grad_(False)
         self.module_ = nn.ModuleDict({"backbone": backbone})
         features = self._apply_batched(X, self._embed)  # frozen representation, computed once
         n_samples, n_features = features.shape
 
+        # Sec. 3.1: the k nearest neighbours of every sample by cosine similarity, itself excluded
         n_neighbors = min(self.n_neighbors, n_samples - 1)
         if n_neighbors < self.n_neighbors:
             warnings.warn(
                 f"n_neighbors={self.n_neighbors} needs more than n_samples={n_samples} "
                 f"samples; using {n_neighbors}.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         self.neighbors_ = mine_neighbors(
             features, n_neighbors, include_self=False, index=self.neighbor_index
         )
 
+        # Sec. 3.2: H student heads; the teachers are their exponential moving average
         student = TEMIHeads(
             self.n_heads,
             n_features,
@@ -288,100 +330,129 @@ class TEMIClusterer(BaseDeepClusterer):
 
         batch_size = min(self.batch_size, n_samples)
         steps_per_epoch = n_samples // batch_size
-        n_epochs = max(self.max_epochs, math.ceil(self.min_steps / steps_per_epoch))
-        total_steps = n_epochs * steps_per_epoch
-        teacher_momentum = self.teacher_momentum
-        if teacher_momentum == "auto":
-            teacher_momentum = auto_teacher_momentum(total_steps)
-        self.batch_size_, self.teacher_momentum_, self.n_steps_ = (
-            batch_size, float(teacher_momentum), total_steps
-        )
+        total_steps = self.max_epochs * steps_per_epoch
+        momentum = self.teacher_momentum
+        if momentum == "auto":
+            momentum = auto_teacher_momentum(total_steps)
+        self.batch_size_, self.teacher_momentum_ = batch_size, float(momentum)
+
         base_lr = self.lr * batch_size / 256 if self.scale_lr_with_batch else self.lr
-
-        decay, no_decay = [], []
-        for name, parameter in student.named_parameters():
-            if parameter.requires_grad:
-                (no_decay if name.endswith(("bias", "gain")) else decay).append(parameter)
-        # The fused kernel updates each stacked (H, ...) parameter in one pass over memory
-        # instead of one pass per arithmetic operation: on one CPU thread 0.02 s instead of
-        # 0.35 s per step of 50 heads on 784 features (doc/benchmarks.rst, batched heads).
-        optimizer = torch.optim.AdamW(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=base_lr,
-            weight_decay=self.weight_decay,
-            fused=device.type in ("cpu", "cuda") or None,
+        optimizer = make_optimizer(
+            "adamw", parameter_groups(student, self.weight_decay), lr=base_lr, device=device
+        )
+        scheduler = warmup_cosine_schedule(
+            optimizer,
+            total_steps,
+            warmup_steps=self.warmup_epochs * steps_per_epoch,
+            final_lr=1e-6 if self.lr_schedule == "cosine" else None,
         )
 
-        features_t = torch.from_numpy(features).to(device)
-        neighbors_t = torch.from_numpy(self.neighbors_).to(device)
-        prior = torch.full((self.n_heads, self.n_clusters), 1.0 / self.n_clusters, device=device)
-        student_params = [p for p in student.parameters()]
-        teacher_params = [p for p in teacher.parameters()]
-        last_layer_params = list(student.last_layer.parameters())
-        step = 0
+        def teacher_momentum(n_updates):
+            if self.teacher_momentum_schedule == "cosine":  # authors' option: m → 1
+                return _cosine(self.teacher_momentum_, 1.0, n_updates / total_steps)
+            return self.teacher_momentum_
 
-        def learning_rate(step):
-            warmup_steps = self.warmup_epochs * steps_per_epoch
-            if step < warmup_steps:
-                return base_lr * (step + 1) / warmup_steps
-            if self.lr_schedule == "cosine":
-                progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-                return _cosine(base_lr, 1e-6, progress)
-            return base_lr
+        ema = ExponentialMovingAverage(teacher.parameters(), student.parameters(), teacher_momentum)
+        pairs = _PairData(
+            features=torch.from_numpy(features).to(device),
+            neighbors=torch.from_numpy(self.neighbors_).to(device),
+            batch_size=batch_size,
+            generator=generator,
+            prior=torch.full((self.n_heads, self.n_clusters), 1.0 / self.n_clusters,
+                             device=device),
+            assignments=torch.full(
+                (self.n_heads, n_samples), -1, device=device,
+                dtype=torch.int16 if self.n_clusters < 2**15 else torch.int32,
+            ),
+            head_groups=head_groups(
+                self.n_heads, 2 * batch_size, self.hidden_dim, device
+            ),
+        )
+        stage = trainer.stage(
+            "temi",
+            functools.partial(self._temi_epoch, pairs),
+            self.max_epochs,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            ema=ema,
+            monitor="changed",
+        )
+        yield stage
+        self.n_steps_ = stage.n_steps
+        self.head_groups_ = len(pairs.head_groups)
+        # Sec. 3.3: the head with the lowest training loss is kept; its teacher predicts
+        self.best_head_ = int(np.argmin(self.head_losses_))
+        self.cluster_prior_ = pairs.prior.cpu().numpy()
 
-        def run_epoch(epoch):
-            nonlocal prior, step
-            student.train()
-            head_loss_sum = torch.zeros(self.n_heads, device=device)
-            for anchors in iterate_batches(
-                n_samples, batch_size, shuffle=True, generator=generator, drop_last=True
-            ):
-                choice = torch.randint(n_neighbors, (anchors.numel(),), generator=generator)
-                anchors = anchors.to(device)
-                pairs = neighbors_t[anchors, choice.to(device)]
-                inputs = torch.cat([features_t[anchors], features_t[pairs]])
-                student_x, student_y = student(inputs).chunk(2, dim=1)
-                with torch.no_grad():
-                    teacher_logits = teacher(inputs)
-                    # Eq. (6): the prior is updated before this step's loss.
-                    prior = update_cluster_prior(
-                        prior, torch.softmax(teacher_logits / self.tau, dim=-1), self.prior_momentum
-                    )
-                teacher_x, teacher_y = teacher_logits.chunk(2, dim=1)
+    def _temi_epoch(self, pairs, stage):
+        """One epoch of anchor/neighbour pairs; returns the epoch's record.
+
+        Every step: the teacher's probabilities of both sides of each pair (all heads), the
+        cluster prior updated with them before the loss (Eq. 6), the instance weights (Eqs. 9-10,
+        the mean over all heads for TEMI), then the symmetrised loss (Eq. 7) of each group of
+        heads back-propagated in turn, one AdamW step and one EMA update over all heads. On a
+        CPU the heads run in groups whose activations stay in the cache (``head_groups``); the
+        gradients are those of one batched computation.
+        """
+        student, teacher = self.module_["student"], self.module_["teacher"]
+        student.train()
+        # authors' code option: the last layer gets no update during the first epochs
+        student.last_layer.requires_grad_(stage.epoch >= self.freeze_last_layer_epochs)
+        n_heads, n_samples = self.n_heads, pairs.features.shape[0]
+        head_loss_sum = torch.zeros(n_heads, device=stage.device)
+        changed = compared = 0
+        n_steps = 0
+        for anchors in iterate_batches(
+            n_samples, pairs.batch_size, shuffle=True, generator=pairs.generator, drop_last=True
+        ):
+            choice = torch.randint(
+                pairs.neighbors.shape[1], (anchors.numel(),), generator=pairs.generator
+            )
+            anchors = anchors.to(stage.device)
+            neighbours = pairs.neighbors[anchors, choice.to(stage.device)]
+            inputs = torch.cat([pairs.features[anchors], pairs.features[neighbours]])
+            with torch.no_grad():
+                with stage.autocast():
+                    teacher_logits = torch.cat([teacher(inputs, heads=g) for g in pairs.head_groups])
+                teacher_logits = teacher_logits.float()
+                teacher_probs = torch.softmax(teacher_logits / self.tau, dim=-1)
+                # Eq. (6): the prior is updated before this step's loss
+                pairs.prior = update_cluster_prior(pairs.prior, teacher_probs, self.prior_momentum)
+                probs_x, probs_y = teacher_probs.chunk(2, dim=1)
+                weights = instance_weights(probs_x, probs_y, self.loss)
+                assignment = probs_x.argmax(dim=-1).to(pairs.assignments.dtype)
+                previous = pairs.assignments[:, anchors]
+                seen = previous >= 0
+                changed += int(((previous != assignment) & seen).sum())
+                compared += int(seen.sum())
+                pairs.assignments[:, anchors] = assignment
+            log_prior = pairs.prior.log()
+            teacher_x, teacher_y = teacher_logits.chunk(2, dim=1)
+            stage.zero_grad()
+            for group in pairs.head_groups:
+                with stage.autocast():
+                    student_x, student_y = student(inputs, heads=group).chunk(2, dim=1)
                 head_losses = temi_pair_loss(
                     (student_x, student_y),
-                    (teacher_x, teacher_y),
-                    prior.log(),
+                    (teacher_x[group], teacher_y[group]),
+                    log_prior[group],
                     beta=self.beta,
                     tau=self.tau,
-                    mode=self.loss,
+                    weights=weights[group],
                 )
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step)
-                optimizer.zero_grad(set_to_none=True)
-                head_losses.mean().backward()
-                if epoch < self.freeze_last_layer_epochs:
-                    for parameter in last_layer_params:
-                        parameter.grad = None
-                optimizer.step()
-                with torch.no_grad():
-                    momentum = teacher_momentum
-                    if self.teacher_momentum_schedule == "cosine":
-                        momentum = _cosine(teacher_momentum, 1.0, step / total_steps)
-                    torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
-                head_loss_sum += head_losses.detach()
-                step += 1
-            head_losses = (head_loss_sum / steps_per_epoch).cpu().numpy()
-            self.head_losses_ = head_losses
-            return {
-                "loss": float(head_losses.mean()),
-                "best_head_loss": float(head_losses.min()),
-                "lr": learning_rate(step - 1),
-            }
-
-        self._run_epochs("temi", n_epochs, run_epoch)
-        self.best_head_ = int(np.argmin(self.head_losses_))
-        self.cluster_prior_ = prior.cpu().numpy()
+                stage.backward(head_losses.sum() / n_heads)  # the loss is the mean over heads
+                head_loss_sum[group] += head_losses.detach()
+            stage.step()
+            n_steps += 1
+        head_losses = (head_loss_sum / max(n_steps, 1)).cpu().numpy()
+        self.head_losses_ = head_losses
+        return {
+            "loss": float(head_losses.mean()),
+            "best_head_loss": float(head_losses.min()),
+            # fraction of the anchors (over all heads) whose teacher cluster changed since the
+            # sample's previous visit; 1 when nothing was seen before
+            "changed": changed / compared if compared else 1.0,
+        }
 
     # ------------------------------------------------------------------ inference
     def _proba_tensor(self, batch):

@@ -60,8 +60,12 @@ def instance_weights(teacher_probs_x, teacher_probs_y, mode):
     raise ValueError(f"mode must be 'temi', 'wpmi' or 'pmi', got {mode!r}.")
 
 
-def temi_pair_loss(student_logits, teacher_logits, log_prior, *, beta, tau, mode="temi"):
+def temi_pair_loss(student_logits, teacher_logits, log_prior, *, beta, tau, mode="temi",
+                   weights=None):
     """Per-head symmetrised (weighted) PMI loss of a batch of pairs, TEMI Eqs. (7)-(10).
+
+    Computed in float32 whatever the dtype of the logits (the loss reductions of a bfloat16
+    forward pass stay in float32).
 
     Parameters
     ----------
@@ -74,18 +78,25 @@ def temi_pair_loss(student_logits, teacher_logits, log_prior, *, beta, tau, mode
     beta, tau : float
         PMI exponent and softmax temperature.
     mode : {"temi", "wpmi", "pmi"}
+        How the instance weights are computed from ``teacher_logits`` when ``weights`` is None.
+    weights : Tensor (H, B) or None
+        Precomputed instance weights (:func:`instance_weights`). Needed when the H heads are a
+        group of a larger ensemble: TEMI's weight is the mean over *all* heads.
 
     Returns
     -------
     Tensor (H,)
         The loss of each head, ``mean_b w · L``.
     """
-    student_x, student_y = (torch.log_softmax(s / tau, dim=-1) for s in student_logits)
-    teacher_x, teacher_y = (torch.log_softmax(t.detach() / tau, dim=-1) for t in teacher_logits)
+    student_x, student_y = (torch.log_softmax(s.float() / tau, dim=-1) for s in student_logits)
+    teacher_x, teacher_y = (
+        torch.log_softmax(t.detach().float() / tau, dim=-1) for t in teacher_logits
+    )
     pair_loss = -0.5 * (
         pmi(student_x, teacher_y, log_prior, beta) + pmi(student_y, teacher_x, log_prior, beta)
     )
-    weights = instance_weights(teacher_x.exp(), teacher_y.exp(), mode)
+    if weights is None:
+        weights = instance_weights(teacher_x.exp(), teacher_y.exp(), mode)
     return (weights * pair_loss).mean(dim=1)
 
 

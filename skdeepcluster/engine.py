@@ -1,0 +1,476 @@
+"""The training engine shared by every estimator, below the methods.
+
+A method describes its training as a sequence of stages. A :class:`Stage` is a name, a cap on
+its epochs, one function that trains one epoch, and what that epoch steps: optimiser(s), a
+learning-rate schedule from :mod:`torch.optim.lr_scheduler`, an exponential moving average.
+:class:`Trainer` runs a stage epoch by epoch and owns the mechanics that every method shares:
+
+* device and precision: bfloat16 autocast where the device computes it natively
+  (:func:`resolve_precision`), float32 master weights and optimiser state, a gradient scaler for
+  float16 on CUDA;
+* the optimiser step (``zero_grad`` / ``backward`` / ``step``, then the schedule and the EMA);
+* the stopping rule (:class:`StoppingRule`, sklearn's ``tol`` / ``n_iter_no_change``);
+* the per-epoch records (``history_``) and the progress lines.
+
+Parameter groups (:func:`parameter_groups`), optimisers (:func:`make_optimizer`) and schedules
+(:func:`warmup_cosine_schedule`, :func:`warmup_step_schedule`) are built here once for all
+methods. Nothing in this module knows about a particular method.
+"""
+
+import contextlib
+import math
+import time
+import warnings
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+__all__ = [
+    "ExponentialMovingAverage",
+    "PRECISIONS",
+    "Stage",
+    "StoppingRule",
+    "Trainer",
+    "autocast",
+    "make_optimizer",
+    "native_bfloat16",
+    "parameter_groups",
+    "resolve_device",
+    "resolve_precision",
+    "warmup_cosine_schedule",
+    "warmup_step_schedule",
+]
+
+#: Values of the shared ``precision`` parameter.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---------------------------------------------------------------------- device and precision
+def resolve_device(device):
+    """The ``device`` parameter as a ``torch.device``; ``"auto"`` → CUDA when available.
+
+    Raises a ``ValueError`` naming the parameter for a string torch cannot parse and for a device
+    this machine does not have, before any work is done.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={str(resolved)!r} was asked for but CUDA is not available; use "
+                "device='auto' or 'cpu' (e.g. set_params(device='cpu') on a model loaded from "
+                "disk)."
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={str(resolved)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)."
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={str(resolved)!r} was asked for but MPS is not available.")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device={str(resolved)!r} is not supported: use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        )
+    return resolved
+
+
+def native_bfloat16(device):
+    """Whether ``device`` computes bfloat16 matrix products natively (and so faster than float32).
+
+    CUDA: a GPU with bfloat16 arithmetic (Ampere and newer). CPU: AMX tiles or AVX512-BF16, as
+    torch itself detects them; a CPU without either emulates bfloat16, tens of times slower than
+    float32 (measured: 1 GFLOP/s against 85 on an AVX2-only core, ``doc/benchmarks.rst``).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(
+            including_emulation=False
+        )
+    if device.type == "cpu":
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def resolve_precision(precision, device, *, warn=False):
+    """The autocast dtype of the ``precision`` parameter on ``device``.
+
+    ``"auto"``: bfloat16 where :func:`native_bfloat16` says the device computes it natively,
+    else float32. ``"bfloat16"`` is honoured everywhere (with a warning when ``warn`` and the
+    device emulates it). ``"float16"`` needs CUDA (it trains with a gradient scaler).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision == "auto":
+        return torch.bfloat16 if native_bfloat16(device) else torch.float32
+    if precision == "float16" and device.type != "cuda":
+        raise ValueError(
+            "precision='float16' needs a CUDA device (it trains with a gradient scaler); use "
+            "'bfloat16' or 'auto' on this device."
+        )
+    if precision == "bfloat16" and warn and not native_bfloat16(device):
+        warnings.warn(
+            f"precision='bfloat16' on a {device.type} device without native bfloat16 "
+            "arithmetic: it is emulated and much slower than float32. precision='auto' "
+            "chooses float32 here.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return _DTYPES[precision]
+
+
+def autocast(device, dtype):
+    """Autocast context for ``dtype`` on ``device``; a no-op for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------- optimisers and schedules
+_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _is_bias_or_gain(module, name):
+    return name == "bias" or name == "gain" or isinstance(module, _NORM_LAYERS)
+
+
+def parameter_groups(module, weight_decay, *, decay="weights", exclude=()):
+    """Optimiser parameter groups with and without weight decay.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    weight_decay : float
+    decay : {"weights", "all"}, default="weights"
+        ``"weights"``: biases, normalisation-layer gains and weight-norm gains get no decay
+        (DINO/TEMI, the MMDC code). ``"all"``: every parameter decays (plain
+        ``optimizer(model.parameters(), weight_decay=...)``, as the SCAN and DeepCluster code).
+    exclude : tuple of str
+        Names of parameters (as in ``named_parameters``) that never decay, e.g. ADC's centroids.
+
+    Returns
+    -------
+    list of dict
+        Non-empty groups only; parameters that do not require gradients are left out.
+    """
+    decayed, exempt = [], []
+    for module_name, child in module.named_modules():
+        for name, parameter in child.named_parameters(recurse=False):
+            if not parameter.requires_grad:
+                continue
+            full_name = f"{module_name}.{name}" if module_name else name
+            no_decay = full_name in exclude or (
+                decay == "weights" and _is_bias_or_gain(child, name)
+            )
+            (exempt if no_decay else decayed).append(parameter)
+    groups = [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": exempt, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+def make_optimizer(name, groups, *, lr, device, **options):
+    """``torch.optim`` SGD / Adam / AdamW over ``groups``; Adam and AdamW fused on CPU and CUDA.
+
+    The fused kernels update each parameter tensor in one pass over memory instead of one pass
+    per arithmetic operation (TEMI's stacked heads: 0.02 s instead of 0.35 s per step on one CPU
+    thread, ``doc/benchmarks.rst``). SGD keeps torch's default (multi-tensor) implementation:
+    its fused kernel fails when a parameter first gets a gradient after other parameters
+    already have momentum buffers (MMDC's two heads, trained in alternation; torch 2.14).
+    """
+    fused = True if name != "sgd" and device.type in ("cpu", "cuda") else None
+    return _OPTIMIZERS[name](groups, lr=lr, fused=fused, **options)
+
+
+def warmup_cosine_schedule(optimizer, total_steps, *, warmup_steps=0, final_lr=None):
+    """Per-step schedule: linear warm-up over ``warmup_steps``, then cosine decay to ``final_lr``
+    at ``total_steps`` (constant after the warm-up when ``final_lr`` is None)."""
+    base_lr = optimizer.param_groups[0]["lr"]
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if final_lr is None:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        final = final_lr / base_lr
+        return final + 0.5 * (1.0 - final) * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def warmup_step_schedule(optimizer, *, warmup_steps=0, decay_steps=0, decay_factor=1.0,
+                         first_step=0):
+    """Per-step schedule: linear warm-up over ``warmup_steps``; the rate is divided by
+    ``decay_factor`` every ``decay_steps`` steps (0: never). Steps are counted from the first
+    step of training: ``first_step`` steps were taken before this optimiser (a stage that
+    resets the optimiser but not the schedule)."""
+
+    def factor(step):
+        step += first_step
+        value = (step + 1) / warmup_steps if step < warmup_steps else 1.0
+        if decay_steps:
+            value /= decay_factor ** (step // decay_steps)
+        return value
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class ExponentialMovingAverage:
+    """``average ← m · average + (1 − m) · source`` over lists of tensors, after each step.
+
+    ``momentum`` is a float or a function of the number of updates made so far (a schedule).
+    The update is :func:`torch.optim.swa_utils.get_ema_multi_avg_fn`'s, one fused pass over
+    every tensor.
+    """
+
+    def __init__(self, average, source, momentum):
+        self.average = list(average)
+        self.source = list(source)
+        if len(self.average) != len(self.source):
+            raise ValueError("average and source must hold the same number of tensors.")
+        self.momentum = momentum
+        self.n_updates = 0
+
+    def current_momentum(self):
+        return self.momentum(self.n_updates) if callable(self.momentum) else self.momentum
+
+    @torch.no_grad()
+    def update(self):
+        get_ema_multi_avg_fn(self.current_momentum())(self.average, self.source, None)
+        self.n_updates += 1
+
+
+# ---------------------------------------------------------------------- stopping
+class StoppingRule:
+    """Stop when a monitored change stays below ``tol`` for ``n_iter_no_change`` epochs in a row.
+
+    The monitored value is a fraction in [0, 1] that an epoch reports, e.g. the fraction of the
+    training samples whose cluster changed during the epoch (the rule of DEC, Xie et al. 2016:
+    stop when fewer than ``tol`` of the assignments change). ``tol=None`` never stops (the
+    paper's fixed schedule). An epoch that reports None (nothing to compare yet) resets the
+    count.
+    """
+
+    def __init__(self, tol, n_iter_no_change):
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.n_below = 0
+
+    def update(self, value):
+        """Record one epoch's value; True when training should stop."""
+        if self.tol is None:
+            return False
+        below = value is not None and not math.isnan(value) and value < self.tol
+        self.n_below = self.n_below + 1 if below else 0
+        return self.n_below >= self.n_iter_no_change
+
+
+# ---------------------------------------------------------------------- stages and trainer
+class Stage:
+    """One training stage: what an epoch of it trains and steps.
+
+    Create stages with :meth:`Trainer.stage`. The epoch function receives the stage:
+    ``run_epoch(stage) -> dict`` trains one epoch (``stage.epoch`` is its 0-based index), calls
+    :meth:`step` once per optimiser step and returns the epoch's record (plain numbers). Forward
+    passes go under ``with stage.autocast():``.
+
+    Attributes
+    ----------
+    name : str
+    max_epochs : int
+        The cap; the stopping rule may end the stage earlier.
+    optimizers : list of torch.optim.Optimizer
+        Stepped together by :meth:`step` (DeepCluster steps its network and its classifier).
+    scheduler : torch.optim.lr_scheduler.LRScheduler or None
+        Stepped after every optimiser step (``scheduler_interval="step"``) or epoch.
+    ema : ExponentialMovingAverage or None
+        Updated after every optimiser step.
+    monitor : str or None
+        Key of the epoch record that the stopping rule watches; None: the stage runs all of
+        ``max_epochs``.
+    tol : float or None
+        This stage's threshold when its monitor has another scale than the trainer's ``tol``
+        (which still switches the rule off when None).
+    epoch, n_steps, n_epochs : int
+        Current epoch, optimiser steps taken, epochs run.
+    """
+
+    def __init__(self, trainer, name, run_epoch, max_epochs, *, optimizer=None, scheduler=None,
+                 scheduler_interval="step", ema=None, monitor=None, tol=None):
+        if scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got "
+                             f"{scheduler_interval!r}.")
+        self.trainer = trainer
+        self.name = name
+        self.run_epoch = run_epoch
+        self.max_epochs = int(max_epochs)
+        if optimizer is None:
+            self.optimizers = []
+        elif isinstance(optimizer, torch.optim.Optimizer):
+            self.optimizers = [optimizer]
+        else:
+            self.optimizers = list(optimizer)
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.ema = ema
+        self.monitor = monitor
+        self.tol = tol
+        self.epoch = 0
+        self.n_steps = 0
+        self.n_epochs = 0
+        self.last_lr = self._current_lr()
+
+    @property
+    def device(self):
+        return self.trainer.device
+
+    def autocast(self):
+        """The trainer's autocast context (bfloat16 / float16, or nothing for float32)."""
+        return self.trainer.autocast()
+
+    def _current_lr(self):
+        return self.optimizers[0].param_groups[0]["lr"] if self.optimizers else None
+
+    def zero_grad(self):
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss):
+        """Back-propagate ``loss`` (scaled for float16); gradients accumulate until :meth:`step`."""
+        scaler = self.trainer.grad_scaler
+        (loss if scaler is None else scaler.scale(loss)).backward()
+
+    def step(self, loss=None):
+        """One optimiser step; with ``loss``, first ``zero_grad`` and ``backward(loss)``.
+
+        Then the per-step schedule and the EMA. Without ``loss`` the gradients accumulated by
+        :meth:`backward` are used (several backward passes, one step).
+        """
+        if loss is not None:
+            self.zero_grad()
+            self.backward(loss)
+        self.last_lr = self._current_lr()
+        scaler = self.trainer.grad_scaler
+        for optimizer in self.optimizers:
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+        if scaler is not None:
+            scaler.update()
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update()
+        self.n_steps += 1
+
+
+class Trainer:
+    """Runs stages: device, precision, the stopping rule, ``history`` and progress lines.
+
+    Parameters
+    ----------
+    device : torch.device
+    dtype : torch.dtype
+        Autocast dtype (float32: no autocast).
+    history : list
+        Receives one dict per epoch: ``stage``, ``epoch`` (1-based), the epoch's record, ``lr``
+        (the last one used) when the stage has an optimiser, ``seconds`` (wall) and
+        ``cpu_seconds`` (this process).
+    tol : float or None
+        Stopping rule threshold (see :class:`StoppingRule`); None: every stage runs its cap.
+    n_iter_no_change : int
+    verbose : int
+        0: silent; 1: about 20 progress lines per stage; 2: every epoch.
+    name : str
+        Prefix of the progress lines (the estimator's class name).
+    """
+
+    def __init__(self, device, dtype=torch.float32, *, history=None, tol=None,
+                 n_iter_no_change=5, verbose=0, name="skdeepcluster"):
+        self.device = device
+        self.dtype = dtype
+        self.history = [] if history is None else history
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.verbose = verbose
+        self.name = name
+        self.grad_scaler = (
+            torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda"
+            else None
+        )
+        self.n_epochs = {}
+
+    def autocast(self):
+        return autocast(self.device, self.dtype)
+
+    def stage(self, name, run_epoch, max_epochs, **options):
+        """A :class:`Stage` of this trainer (same options)."""
+        return Stage(self, name, run_epoch, max_epochs, **options)
+
+    def run(self, stage):
+        """Train ``stage`` until its cap or its stopping rule; return the epochs run."""
+        tol = None
+        if stage.monitor is not None and self.tol is not None:
+            tol = self.tol if stage.tol is None else stage.tol
+        rule = StoppingRule(tol, self.n_iter_no_change)
+        started = time.perf_counter()
+        report_every = 1 if self.verbose > 1 else max(1, stage.max_epochs // 20)
+        for epoch in range(stage.max_epochs):
+            stage.epoch = epoch
+            wall, cpu = time.perf_counter(), time.process_time()
+            record = stage.run_epoch(stage)
+            if stage.scheduler is not None and stage.scheduler_interval == "epoch":
+                stage.scheduler.step()
+            entry = {"stage": stage.name, "epoch": epoch + 1, **record}
+            if stage.optimizers and "lr" not in entry:
+                entry["lr"] = stage.last_lr
+            entry["seconds"] = time.perf_counter() - wall
+            entry["cpu_seconds"] = time.process_time() - cpu
+            self.history.append(entry)
+            stage.n_epochs = epoch + 1
+            stop = rule.update(record.get(stage.monitor)) if stage.monitor else False
+            if self.verbose and (
+                (epoch + 1) % report_every == 0 or epoch + 1 == stage.max_epochs or stop
+            ):
+                self._report(stage, entry, record, started)
+            if stop:
+                if self.verbose:
+                    print(
+                        f"[{self.name}] {stage.name}: stopped after epoch {epoch + 1} of "
+                        f"{stage.max_epochs}: {stage.monitor} < {tol} for "
+                        f"{self.n_iter_no_change} epochs in a row.",
+                        flush=True,
+                    )
+                break
+        self.n_epochs[stage.name] = self.n_epochs.get(stage.name, 0) + stage.n_epochs
+        return stage.n_epochs
+
+    def _report(self, stage, entry, record, started):
+        elapsed = time.perf_counter() - started
+        done = stage.epoch + 1
+        eta = elapsed / done * (stage.max_epochs - done)
+        terms = "  ".join(
+            f"{key}={value:.4g}"
+            for key, value in record.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        )
+        print(
+            f"[{self.name}] {stage.name} epoch {done}/{stage.max_epochs}  {terms}  "
+            f"{entry['seconds']:.2f}s  elapsed {elapsed:.0f}s  eta {eta:.0f}s",
+            flush=True,
+        )
