@@ -118,6 +118,33 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
         self : object
             The fitted estimator.
         """
+        X, trainer, seed = self._begin_fit(X)
+        device = trainer.device
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(seed)
+            np_state = np.random.get_state()
+            np.random.seed(seed)  # faiss' Python helpers draw from numpy's global state
+            try:
+                generator = torch.Generator().manual_seed(seed)
+                for stage in self._stages(X, trainer, generator):
+                    trainer.run(stage)
+            finally:
+                np.random.set_state(np_state)
+                del self._trainer
+        self.n_iter_ = int(sum(trainer.n_epochs.values()))
+        self.labels_ = self._apply_batched(X, self._predict_tensor).astype(np.int64)
+        self._warn_if_degenerate(self.labels_)
+        return self
+
+    def _begin_fit(self, X):
+        """Everything before training: validated X, the trainer, the seed.
+
+        Checks the input, the parameters against it, the device and the precision (so a bad
+        value fails before any work), and starts ``history_``. A test can run one stage's epoch
+        alone: ``X, trainer, seed = est._begin_fit(X)``, then
+        ``stage = next(est._stages(X, trainer, generator))`` and ``stage.run_epoch(stage)``.
+        """
         X = self._validate_input(X, reset=True)
         n_samples = X.shape[0]
         if self.n_clusters > n_samples:
@@ -141,22 +168,7 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
             name=type(self).__name__,
         )
         self._trainer = trainer  # inference during fit uses the training device and precision
-        fork_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
-            np_state = np.random.get_state()
-            np.random.seed(seed)  # faiss' Python helpers draw from numpy's global state
-            try:
-                generator = torch.Generator().manual_seed(seed)
-                for stage in self._stages(X, trainer, generator):
-                    trainer.run(stage)
-            finally:
-                np.random.set_state(np_state)
-                del self._trainer
-        self.n_iter_ = int(sum(trainer.n_epochs.values()))
-        self.labels_ = self._apply_batched(X, self._predict_tensor).astype(np.int64)
-        self._warn_if_degenerate(self.labels_)
-        return self
+        return X, trainer, seed
 
     def _check_fit_params(self, X):
         """Method-specific checks of parameters against the data, before any training."""

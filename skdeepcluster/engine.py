@@ -460,6 +460,16 @@ class Trainer:
         self.n_epochs[stage.name] = self.n_epochs.get(stage.name, 0) + stage.n_epochs
         return stage.n_epochs
 
+    def log(self, name, function):
+        """Run ``function() -> dict`` once (work after training, e.g. a final clustering) and
+        record it in ``history`` like an epoch of a stage called ``name``."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        record = function()
+        self.history.append({"stage": name, "epoch": 1, **record,
+                             "seconds": time.perf_counter() - wall,
+                             "cpu_seconds": time.process_time() - cpu})
+        return record
+
     def _report(self, stage, entry, record, started):
         elapsed = time.perf_counter() - started
         done = stage.epoch + 1

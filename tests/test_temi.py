@@ -15,7 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdeepcluster import TEMIClusterer, clustering_accuracy, clustering_accuracy_score
 from skdeepcluster.methods.temi import auto_teacher_momentum
-from skdeepcluster.nn.heads import MultiHeadLinear, TEMIHeads
+from skdeepcluster.nn.heads import HeadGroups, MultiHeadLinear, TEMIHeads, head_group_sizes
 from skdeepcluster.nn.losses import instance_weights, pmi, temi_pair_loss, update_cluster_prior
 
 SMALL = dict(n_heads=2, n_neighbors=5, hidden_dim=32, bottleneck_dim=16, max_epochs=40,
@@ -65,6 +65,37 @@ def test_temi_heads_architecture_and_weight_norm():
     assert torch.allclose(heads.embed(torch.randn(3, 10)).norm(dim=-1), torch.ones(4, 3))
     assert logits.abs().max() <= 1 + 1e-6
     assert torch.all(heads.last_layer.gain == 1) and heads.last_layer.gain.requires_grad
+
+
+def test_head_groups_equal_one_batched_computation():
+    torch.manual_seed(0)
+    grouped = HeadGroups(lambda size: TEMIHeads(size, 6, 4, hidden_dim=8, bottleneck_dim=5),
+                         [2, 3])
+    stacked = TEMIHeads(5, 6, 4, hidden_dim=8, bottleneck_dim=5)
+    with torch.no_grad():  # the same weights, stacked
+        for name, parameter in stacked.named_parameters():
+            parameter.copy_(torch.cat([dict(g.named_parameters())[name] for g in grouped.groups]))
+    x = torch.randn(7, 6)
+    torch.testing.assert_close(grouped(x), stacked(x))
+    torch.testing.assert_close(grouped(x, heads=[4, 0]), stacked(x, heads=[4, 0]))
+    torch.testing.assert_close(grouped.embed(x, heads=[3]), stacked.embed(x, heads=[3]))
+    # group-by-group backward (what a TEMI step does) = the batched gradient
+    target = torch.randn(5, 7, 4)
+    for group, part in zip(grouped.groups, grouped.slices):
+        (group(x) * target[part]).sum().backward()
+    (stacked(x) * target).sum().backward()
+    for name, parameter in stacked.named_parameters():
+        grads = torch.cat([dict(g.named_parameters())[name].grad for g in grouped.groups])
+        torch.testing.assert_close(grads, parameter.grad)
+
+
+def test_head_group_sizes():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert head_group_sizes(50, 1024, 512, cuda) == [50]  # a GPU takes all heads at once
+    sizes = head_group_sizes(50, 1024, 512, cpu)  # 2 MiB of activations per head → 8 per group
+    assert sum(sizes) == 50 and max(sizes) == 8
+    assert head_group_sizes(3, 10, 8, cpu) == [3]
+    assert head_group_sizes(4, 10**6, 512, cpu) == [1, 1, 1, 1]
 
 
 def test_pmi_hand_computed():

@@ -542,7 +542,7 @@ class ADCClusterer(BaseDeepClusterer):
 
     # ------------------------------------------------------------------ inference
     def _proba_tensor(self, batch):
-        return torch.softmax(self.module_(batch), dim=1)
+        return torch.softmax(self.module_(batch).float(), dim=1)
 
     def _predict_tensor(self, batch):
         return self.module_(batch).argmax(dim=1)

@@ -100,11 +100,15 @@ class _NearestCentroid(nn.Module):
         self.register_buffer("variance", torch.tensor(float(variance)))
 
     def embed(self, features):
-        return F.normalize(features @ self.projection.T + self.bias, dim=1, eps=1e-12)
+        # float32 whatever the autocast of the network: this is the clustering's own space
+        with torch.autocast(features.device.type, enabled=False):
+            projected = features.float() @ self.projection.T + self.bias
+            return F.normalize(projected, dim=1, eps=1e-12)
 
     def forward(self, features):
-        """Squared distances of the embedded features to every centroid, (B, K)."""
-        return torch.cdist(self.embed(features), self.centroids).square()
+        """Squared distances of the embedded features to every centroid, (B, K), float32."""
+        with torch.autocast(features.device.type, enabled=False):
+            return torch.cdist(self.embed(features), self.centroids).square()
 
 
 class DeepClusterer(BaseDeepClusterer):
@@ -496,11 +500,9 @@ class DeepClusterer(BaseDeepClusterer):
             optimizer=network_optimizer,
             monitor="changed",
         )
-        yield trainer.stage(
-            "final_clustering",
-            functools.partial(self._final_clustering, X, generator, clustering),
-            1,
-        )
+        # the output: the trained network's features clustered once more (``n_init`` runs)
+        trainer.log("final_clustering",
+                    functools.partial(self._final_clustering, X, generator, clustering))
         self.cluster_centers_ = self.module_["clustering"].centroids.cpu().numpy()
         self.n_clusters_found_ = int(self.cluster_centers_.shape[0])
         distances = self._apply_batched(X, self._distances_tensor)
@@ -569,13 +571,14 @@ class DeepClusterer(BaseDeepClusterer):
         record["seconds_training"] = time.perf_counter() - start
         return record
 
-    def _final_clustering(self, X, generator, clustering, stage):
-        """The output: the trained network's features clustered once more (``n_init`` runs)."""
+    def _final_clustering(self, X, generator, clustering):
+        """The final clustering: nearest-centroid module over the whitened features."""
         record, matrix, centroids, objective = self._reassign(
             X, generator, clustering, self.n_clusters, final=True
         )
         variance = max(objective / (X.shape[0] * matrix.d_out), 1e-12)
-        self.module_["clustering"] = _NearestCentroid(matrix, centroids, variance).to(stage.device)
+        device, _ = self._inference_setting()
+        self.module_["clustering"] = _NearestCentroid(matrix, centroids, variance).to(device)
         self.pseudo_labels_ = clustering.previous
         return record
 

@@ -552,7 +552,9 @@ class MMDCClusterer(BaseDeepClusterer):
     # ------------------------------------------------------------------ inference
     def _distances(self, batch):
         centers = torch.as_tensor(self.means_, device=batch.device)
-        return torch.cdist(self.module_(batch), centers)
+        outputs = self.module_(batch).float()
+        with torch.autocast(batch.device.type, enabled=False):  # distances in float32
+            return torch.cdist(outputs, centers)
 
     def _predict_tensor(self, batch):
         return self._distances(batch).argmin(dim=1)

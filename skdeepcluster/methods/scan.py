@@ -799,7 +799,7 @@ class SCANClusterer(BaseDeepClusterer):
         return self.module_["embedder"]
 
     def _proba_tensor(self, batch):
-        return torch.softmax(self._logits(batch)[0], dim=-1)
+        return torch.softmax(self._logits(batch)[0].float(), dim=-1)
 
     def _transform_tensor(self, batch):
         return self.module_["embedder"](batch)

@@ -21,7 +21,7 @@ from ..engine import (
     warmup_cosine_schedule,
 )
 from ..neighbors import mine_neighbors
-from ..nn.heads import TEMIHeads, head_groups
+from ..nn.heads import HeadGroups, TEMIHeads, head_group_sizes
 from ..nn.losses import instance_weights, temi_pair_loss, update_cluster_prior
 
 __all__ = ["TEMIClusterer"]
@@ -50,7 +50,6 @@ class _PairData:
     generator: torch.Generator
     prior: torch.Tensor
     assignments: torch.Tensor
-    head_groups: list
 
 
 class TEMIClusterer(BaseDeepClusterer):
@@ -162,7 +161,8 @@ class TEMIClusterer(BaseDeepClusterer):
     head_groups_ : int
         Number of groups the heads were computed in (1 on a GPU; cache-sized groups on a CPU).
     module_ : torch.nn.ModuleDict
-        ``backbone`` (or identity), ``student`` and ``teacher`` heads.
+        ``backbone`` (or identity), ``student`` and ``teacher`` heads
+        (:class:`~skdeepcluster.nn.heads.HeadGroups` of batched ``TEMIHeads``).
     n_features_in_ : int
         Number of features (values per image for image input).
 
@@ -317,18 +317,23 @@ class TEMIClusterer(BaseDeepClusterer):
         )
 
         # Sec. 3.2: H student heads; the teachers are their exponential moving average
-        student = TEMIHeads(
-            self.n_heads,
-            n_features,
-            self.n_clusters,
-            hidden_dim=self.hidden_dim,
-            bottleneck_dim=self.bottleneck_dim,
+        batch_size = min(self.batch_size, n_samples)
+        # On a CPU the heads run in cache-sized groups (one group on a GPU), each group with its
+        # own tensors; the gradients are those of one batched computation.
+        student = HeadGroups(
+            functools.partial(
+                TEMIHeads,
+                in_features=n_features,
+                n_clusters=self.n_clusters,
+                hidden_dim=self.hidden_dim,
+                bottleneck_dim=self.bottleneck_dim,
+            ),
+            head_group_sizes(self.n_heads, 2 * batch_size, self.hidden_dim, device),
         )
         teacher = copy.deepcopy(student).requires_grad_(False)
         self.module_.update({"student": student, "teacher": teacher})
         self.module_.to(device)
 
-        batch_size = min(self.batch_size, n_samples)
         steps_per_epoch = n_samples // batch_size
         total_steps = self.max_epochs * steps_per_epoch
         momentum = self.teacher_momentum
@@ -364,9 +369,6 @@ class TEMIClusterer(BaseDeepClusterer):
                 (self.n_heads, n_samples), -1, device=device,
                 dtype=torch.int16 if self.n_clusters < 2**15 else torch.int32,
             ),
-            head_groups=head_groups(
-                self.n_heads, 2 * batch_size, self.hidden_dim, device
-            ),
         )
         stage = trainer.stage(
             "temi",
@@ -379,7 +381,7 @@ class TEMIClusterer(BaseDeepClusterer):
         )
         yield stage
         self.n_steps_ = stage.n_steps
-        self.head_groups_ = len(pairs.head_groups)
+        self.head_groups_ = len(student.groups)
         # Sec. 3.3: the head with the lowest training loss is kept; its teacher predicts
         self.best_head_ = int(np.argmin(self.head_losses_))
         self.cluster_prior_ = pairs.prior.cpu().numpy()
@@ -391,13 +393,14 @@ class TEMIClusterer(BaseDeepClusterer):
         cluster prior updated with them before the loss (Eq. 6), the instance weights (Eqs. 9-10,
         the mean over all heads for TEMI), then the symmetrised loss (Eq. 7) of each group of
         heads back-propagated in turn, one AdamW step and one EMA update over all heads. On a
-        CPU the heads run in groups whose activations stay in the cache (``head_groups``); the
+        CPU the heads run in groups whose activations stay in the cache (``HeadGroups``); the
         gradients are those of one batched computation.
         """
         student, teacher = self.module_["student"], self.module_["teacher"]
         student.train()
         # authors' code option: the last layer gets no update during the first epochs
-        student.last_layer.requires_grad_(stage.epoch >= self.freeze_last_layer_epochs)
+        for group in student.groups:
+            group.last_layer.requires_grad_(stage.epoch >= self.freeze_last_layer_epochs)
         n_heads, n_samples = self.n_heads, pairs.features.shape[0]
         head_loss_sum = torch.zeros(n_heads, device=stage.device)
         changed = compared = 0
@@ -413,7 +416,7 @@ class TEMIClusterer(BaseDeepClusterer):
             inputs = torch.cat([pairs.features[anchors], pairs.features[neighbours]])
             with torch.no_grad():
                 with stage.autocast():
-                    teacher_logits = torch.cat([teacher(inputs, heads=g) for g in pairs.head_groups])
+                    teacher_logits = teacher(inputs)
                 teacher_logits = teacher_logits.float()
                 teacher_probs = torch.softmax(teacher_logits / self.tau, dim=-1)
                 # Eq. (6): the prior is updated before this step's loss
@@ -429,19 +432,19 @@ class TEMIClusterer(BaseDeepClusterer):
             log_prior = pairs.prior.log()
             teacher_x, teacher_y = teacher_logits.chunk(2, dim=1)
             stage.zero_grad()
-            for group in pairs.head_groups:
+            for group, heads in zip(student.groups, student.slices):
                 with stage.autocast():
-                    student_x, student_y = student(inputs, heads=group).chunk(2, dim=1)
+                    student_x, student_y = group(inputs).chunk(2, dim=1)
                 head_losses = temi_pair_loss(
                     (student_x, student_y),
-                    (teacher_x[group], teacher_y[group]),
-                    log_prior[group],
+                    (teacher_x[heads], teacher_y[heads]),
+                    log_prior[heads],
                     beta=self.beta,
                     tau=self.tau,
-                    weights=weights[group],
+                    weights=weights[heads],
                 )
                 stage.backward(head_losses.sum() / n_heads)  # the loss is the mean over heads
-                head_loss_sum[group] += head_losses.detach()
+                head_loss_sum[heads] += head_losses.detach()
             stage.step()
             n_steps += 1
         head_losses = (head_loss_sum / max(n_steps, 1)).cpu().numpy()
@@ -457,7 +460,7 @@ class TEMIClusterer(BaseDeepClusterer):
     # ------------------------------------------------------------------ inference
     def _proba_tensor(self, batch):
         logits = self.module_["teacher"](self._embed(batch), heads=[self.best_head_])[0]
-        return torch.softmax(logits / self.tau, dim=-1)
+        return torch.softmax(logits.float() / self.tau, dim=-1)
 
     def _transform_tensor(self, batch):
         return self.module_["teacher"].embed(self._embed(batch), heads=[self.best_head_])[0]

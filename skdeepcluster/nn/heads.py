@@ -12,17 +12,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["MultiHeadLinear", "MultiHeadWeightNormLinear", "TEMIHeads", "head_groups"]
+__all__ = [
+    "HeadGroups",
+    "MultiHeadLinear",
+    "MultiHeadWeightNormLinear",
+    "TEMIHeads",
+    "head_group_sizes",
+]
 
 #: Activation bytes of one group of heads on a CPU: small enough that a layer's output is still in
 #: the cache when the next layer (or the backward pass) reads it. Chosen by measurement
 #: (``benchmarks/bench_speed.py heads``): one TEMI step of 50 heads, 1 024 rows, on 2 threads took
-#: 1.77 s with all heads at once (each activation 100 MB) and 0.73 s in groups of 5-10.
+#: 1.24-1.77 s with all heads at once (each activation 100 MB) and 0.64 s in groups of 8.
 CPU_GROUP_BYTES = 16 * 2**20
 
 
-def head_groups(n_heads, n_rows, width, device):
-    """Slices of heads to compute together: all heads on a GPU; cache-sized groups on a CPU.
+def head_group_sizes(n_heads, n_rows, width, device):
+    """Sizes of the groups of heads to compute together: one group on a GPU, cache-sized groups
+    on a CPU.
 
     Parameters
     ----------
@@ -34,9 +41,9 @@ def head_groups(n_heads, n_rows, width, device):
     device : torch.device
     """
     if device.type != "cpu":
-        return [slice(0, n_heads)]
+        return [n_heads]
     size = max(1, min(n_heads, CPU_GROUP_BYTES // (4 * n_rows * width)))
-    return [slice(start, min(start + size, n_heads)) for start in range(0, n_heads, size)]
+    return [min(size, n_heads - start) for start in range(0, n_heads, size)]
 
 
 def _select(tensor, heads):
@@ -138,3 +145,48 @@ class TEMIHeads(nn.Module):
     def forward(self, x, heads=None):
         """Logits of every head, shape (H, B, n_clusters)."""
         return self.last_layer(self.embed(x, heads), heads)
+
+
+class HeadGroups(nn.Module):
+    """H heads kept as consecutive groups, each group a batched module with its own tensors.
+
+    A training step can then run (and back-propagate) one group at a time, so that the
+    activations of a group stay in the CPU cache, while one optimiser and one EMA still see all
+    heads. Each group owns its parameters: slicing one stacked tensor per group instead would
+    make autograd write a zero-filled gradient of the whole stack for every group (measured 13-20 %
+    slower per TEMI step). With one group this is the plain batched module.
+
+    Parameters
+    ----------
+    make_group : callable
+        ``make_group(size)`` builds a batched module of ``size`` heads whose methods take
+        ``(x, heads=None)`` and return ``(size, B, ·)``.
+    group_sizes : list of int
+    """
+
+    def __init__(self, make_group, group_sizes):
+        super().__init__()
+        self.groups = nn.ModuleList(make_group(size) for size in group_sizes)
+        self.group_sizes = list(group_sizes)
+        self.n_heads = sum(group_sizes)
+        starts = torch.tensor([0, *group_sizes]).cumsum(0)
+        self.slices = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+
+    def _over_heads(self, method, x, heads):
+        if heads is None:
+            return torch.cat([getattr(group, method)(x) for group in self.groups])
+        heads = [int(h) for h in heads]
+        outputs = {}
+        for group, part in zip(self.groups, self.slices):
+            local = [h - part.start for h in heads if part.start <= h < part.stop]
+            if local:
+                for h, out in zip(local, getattr(group, method)(x, heads=local)):
+                    outputs[h + part.start] = out
+        return torch.stack([outputs[h] for h in heads])
+
+    def forward(self, x, heads=None):
+        """Outputs of the heads (all, or the list ``heads`` in that order), ``(H, B, ·)``."""
+        return self._over_heads("forward", x, heads)
+
+    def embed(self, x, heads=None):
+        return self._over_heads("embed", x, heads)
