@@ -167,32 +167,45 @@ def test_stage_updates_its_ema_after_every_step():
 
 
 # --------------------------------------------------------------------------- stopping rule
-def test_stopping_rule_fires_on_a_plateau_and_not_before():
+def test_stopping_rule_below_fires_after_n_epochs_under_tol():
     rule = StoppingRule(1e-3, 3)
-    values = [1.0, 0.5, 5e-4, 4e-4, 0.01, 1e-4, None, 1e-4, 1e-4, 1e-4]
-    fired = [rule.update(v) for v in values]
-    assert fired == [False] * 9 + [True]
+    values = [1.0, 0.5, 5e-4, 4e-4, 0.01, 1e-4, None, 1e-4, float("nan"), 1e-4]
+    assert [rule.update(v) for v in values] == [False] * 9 + [True]
+    assert not StoppingRule(0.0, 1).update(0.0)  # "fewer than tol": tol = 0 never stops
     never = StoppingRule(None, 1)
     assert not any(never.update(0.0) for _ in range(5))
-    assert not StoppingRule(0.0, 1).update(0.0)  # "fewer than tol": tol = 0 never stops
-    assert not StoppingRule(0.1, 1).update(float("nan"))
 
 
-def test_trainer_stops_a_monitored_stage_and_records_history():
-    changes = iter([1.0, 0.2, 0.05, 0.001, 0.002, 0.0005, 0.0001, 0.3])
+def test_stopping_rule_plateau_fires_when_the_change_stops_decreasing():
+    rule = StoppingRule(0.01, 3, mode="plateau")
+    # decreasing by more than tol keeps going; levelling off (with noise) above zero stops
+    values = [0.9, 0.6, 0.5, 0.55, 0.52, 0.45, 0.47, 0.46, 0.455]
+    assert [rule.update(v) for v in values] == [False] * 8 + [True]
+    flat = StoppingRule(1e-3, 2, mode="plateau")  # nothing changes any more: stops too
+    assert [flat.update(v) for v in (0.1, 0.0, 0.0, 0.0)] == [False, False, False, True]
+    with pytest.raises(ValueError, match="mode"):
+        StoppingRule(0.1, 1, mode="sometimes")
+
+
+@pytest.mark.parametrize("mode, expected", [("below", 5), ("plateau", 6)])
+def test_trainer_stops_a_monitored_stage_and_records_history(mode, expected):
+    changes = iter([1.0, 0.2, 0.005, 0.004, 0.006, 0.005, 0.3, 0.2])
     trainer = Trainer(CPU, tol=0.01, n_iter_no_change=3)
 
     def epoch(stage):
         stage.step(model(torch.ones(2, 3)).sum())
         return {"changed": next(changes)}
 
-    model, stage = _linear_stage(trainer, epoch, max_epochs=8, monitor="changed")
-    assert trainer.run(stage) == 6  # three epochs below 0.01 in a row end it after epoch 6
-    assert [entry["epoch"] for entry in trainer.history] == [1, 2, 3, 4, 5, 6]
+    model, stage = _linear_stage(trainer, epoch, max_epochs=8, monitor="changed",
+                                 stop_mode=mode)
+    # below: epochs 3, 4, 5 under 0.01 → stops after epoch 5; plateau: no new low by 0.01
+    # after epoch 3 → epochs 4, 5, 6 → stops after epoch 6
+    assert trainer.run(stage) == expected
+    assert [entry["epoch"] for entry in trainer.history] == list(range(1, expected + 1))
     assert {"stage", "epoch", "changed", "lr", "seconds", "cpu_seconds"} <= set(
         trainer.history[0]
     )
-    assert trainer.n_epochs == {"fit": 6}
+    assert trainer.n_epochs == {"fit": expected}
 
 
 def test_cap_without_monitor_or_with_tol_none():
@@ -201,13 +214,6 @@ def test_cap_without_monitor_or_with_tol_none():
         _, stage = _linear_stage(trainer, lambda stage: {"changed": 0.0}, max_epochs=4,
                                  monitor=monitor)
         assert trainer.run(stage) == 4
-
-
-def test_stage_tol_overrides_the_trainer_tol():
-    trainer = Trainer(CPU, tol=1e-3, n_iter_no_change=1)
-    _, stage = _linear_stage(trainer, lambda stage: {"changed": 0.01}, max_epochs=4,
-                             monitor="changed", tol=0.05)
-    assert trainer.run(stage) == 1
 
 
 def test_progress_lines(capsys):

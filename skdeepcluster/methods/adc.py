@@ -432,7 +432,7 @@ class ADCClusterer(BaseDeepClusterer):
         )
         with torch.no_grad():
             network.centroids.copy_(self._initial_centroids(generator))
-        self.module_ = network.to(device)
+        self.module_ = trainer.prepare(network)
         self.kmeans_labels_ = None
         batch_size = min(self.batch_size, n_samples)
         data = _ADCData(

@@ -449,7 +449,7 @@ class MMDCClusterer(BaseDeepClusterer):
         name = "auto" if user_module is not None else self.backbone
         backbone = make_backbone(name, self.input_kind_, input_shape, user_module=user_module)
         network = _MMDCNetwork(backbone, target_dim, self.rotation_task_, self.sobel)
-        self.module_ = network.to(trainer.device)
+        self.module_ = trainer.prepare(network)
 
         # SGD with momentum, no weight decay on biases and batch-norm parameters (authors' code)
         optimizer = make_optimizer(

@@ -84,14 +84,14 @@ class _HeadSelection:
 
 class _NeighbourCheck:
     """The pretext stage's stopping signal: how much of the k-NN lists changed since the last
-    epoch, on a fixed random subset of at most ``max_samples`` samples (mined among themselves)."""
+    epoch, on a fixed subset of at most ``max_samples`` samples (mined among themselves)."""
 
     max_samples = 10_000
 
-    def __init__(self, n_samples, k, generator):
+    def __init__(self, n_samples, k):
         size = min(n_samples, self.max_samples)
-        order = torch.randperm(n_samples, generator=generator)[:size]
-        self.indices = np.sort(order.numpy())
+        # evenly spaced: no draw from the training generator, and every part of the data
+        self.indices = np.linspace(0, n_samples - 1, size).round().astype(np.int64)
         self.k = max(1, min(k, size - 1))
         self.previous = None
 
@@ -213,13 +213,11 @@ class SCANClusterer(BaseDeepClusterer):
     tol : float or None, default=1e-3
         Stopping rule of each step, with the step's epochs as the cap: the SCAN and
         self-labelling steps end when fewer than ``tol`` of the training samples changed
-        cluster in an epoch, the pretext step when fewer than ``pretext_tol`` of the mined
-        neighbours changed, for ``n_iter_no_change`` epochs in a row. None: every step runs
+        cluster in an epoch, ``n_iter_no_change`` epochs in a row; the pretext step ends when
+        the share of the mined neighbours that changed since the previous epoch (on at most
+        10 000 samples) has not decreased by ``tol`` for ``n_iter_no_change`` epochs (SimCLR's
+        neighbour lists keep changing in part however long it trains). None: every step runs
         all its epochs (the paper's fixed schedules).
-    pretext_tol : float, default=0.05
-        The pretext step's threshold on the share of each sample's ``n_neighbors`` nearest
-        neighbours (on at most 10 000 samples) that changed since the previous epoch; unused
-        when ``tol`` is None.
     n_iter_no_change : int, default=5
         Consecutive epochs below the threshold that end a step.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
@@ -358,7 +356,6 @@ class SCANClusterer(BaseDeepClusterer):
         "class_balancing": ["boolean"],
         "ema_momentum": [Interval(Real, 0, 1, closed="neither"), None],
         "cutout_size": [Interval(Real, 0, 1, closed="both")],
-        "pretext_tol": [Interval(Real, 0, 1, closed="both")],
     }
 
     def __init__(
@@ -394,7 +391,6 @@ class SCANClusterer(BaseDeepClusterer):
         ema_momentum=None,
         cutout_size=0.5,
         tol=1e-3,
-        pretext_tol=0.05,
         n_iter_no_change=5,
         precision="auto",
         device="auto",
@@ -431,7 +427,6 @@ class SCANClusterer(BaseDeepClusterer):
         self.ema_momentum = ema_momentum
         self.cutout_size = cutout_size
         self.tol = tol
-        self.pretext_tol = pretext_tol
         self.n_iter_no_change = n_iter_no_change
         self.precision = precision
         self.device = device
@@ -486,12 +481,12 @@ class SCANClusterer(BaseDeepClusterer):
         device = trainer.device
         network, pretext_model = self._pretext_network()
         if network is not None:  # step 1: the pretext task
-            pretext_model = network.to(device)
+            pretext_model = trainer.prepare(network)
             yield self._pretext_stage(X, network, trainer, generator)
             network.eval()
         embedder, backbone = self._clustering_networks(pretext_model)
         self._has_pretext_model = pretext_model is not None
-        self.module_ = nn.ModuleDict({"embedder": embedder, "backbone": backbone}).to(device)
+        self.module_ = trainer.prepare(nn.ModuleDict({"embedder": embedder, "backbone": backbone}))
 
         # step 2: mining, in the space of the (frozen) embedder
         self.neighbors_ = self._mine(self._apply_batched(X, self.module_["embedder"]))
@@ -549,11 +544,11 @@ class SCANClusterer(BaseDeepClusterer):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=self.pretext_epochs, eta_min=self.pretext_lr * 1e-3
         )
-        check = _NeighbourCheck(X.shape[0], min(self.n_neighbors, X.shape[0] - 1), generator)
+        check = _NeighbourCheck(X.shape[0], min(self.n_neighbors, X.shape[0] - 1))
         epoch = functools.partial(self._pretext_epoch, X, network, generator, check)
         return trainer.stage(
             "pretext", epoch, self.pretext_epochs, optimizer=optimizer, scheduler=scheduler,
-            scheduler_interval="epoch", monitor="neighbors_changed", tol=self.pretext_tol,
+            scheduler_interval="epoch", monitor="neighbors_changed", stop_mode="plateau",
         )
 
     def _pretext_epoch(self, X, network, generator, check, stage):

@@ -332,7 +332,7 @@ class TEMIClusterer(BaseDeepClusterer):
         )
         teacher = copy.deepcopy(student).requires_grad_(False)
         self.module_.update({"student": student, "teacher": teacher})
-        self.module_.to(device)
+        self.module_ = trainer.prepare(self.module_)
 
         steps_per_epoch = n_samples // batch_size
         total_steps = self.max_epochs * steps_per_epoch

@@ -41,10 +41,14 @@ class SmallCNN(nn.Module):
     """A VGG-style convnet for small images (8 to 32 pixels), ending in global average pooling.
 
     Three stages of two 3×3 conv-BN-ReLU layers (``width``, ``2·width``, ``4·width`` channels);
-    the first two stages end with 2×2 max pooling when the image is large enough.
+    the first two stages end with 2×2 max pooling when the image is large enough. With the
+    default ``width=32`` the stages have 32, 64 and 128 channels: the MNIST network of Haeusser
+    et al.'s learning by association (``mnist_model``: conv 32, 32, pool, 64, 64, pool, 128,
+    128, pool), which ADC uses as its "VCNN"; batch norm instead of ELU alone, and global
+    average pooling so that 8 px images fit. Twice the width costs four times the compute.
     """
 
-    def __init__(self, in_channels=1, width=64, image_size=32):
+    def __init__(self, in_channels=1, width=32, image_size=32):
         super().__init__()
         layers, channels, size = [], in_channels, image_size
         for stage, out_channels in enumerate((width, 2 * width, 4 * width)):

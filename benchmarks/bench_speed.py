@@ -1,0 +1,373 @@
+"""Speed of the shared training engine and of every estimator's defaults.
+
+Parts (each prints a table and writes ``benchmarks/results/speed_<part>.json``)::
+
+    python benchmarks/bench_speed.py machine            # CPU flags, GEMM GFLOP/s per precision
+    python benchmarks/bench_speed.py heads --dim 64     # TEMI step: ours vs the authors' loop
+    python benchmarks/bench_speed.py backbones          # convnet step: NCHW vs channels-last
+    python benchmarks/bench_speed.py defaults --seeds 0 1 2   # every estimator's defaults
+    python benchmarks/bench_speed.py precision --seeds 0 1 2  # bfloat16 vs float32
+
+Comparisons are interleaved (A, B, A, B, ...) and report medians of wall and CPU seconds
+(``time.process_time``) and their ratio, because the machines this runs on are shared and noisy.
+``--device cuda`` runs the same measurements on a GPU (``benchmarks/bench_gpu.py`` runs them all).
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from _common import RESULTS_DIR, digits_features, digits_images, kmeans_run, scores
+import skdeepcluster
+from skdeepcluster.engine import native_bfloat16, resolve_device
+from skdeepcluster.nn.backbones import CifarResNet18, SmallCNN
+from skdeepcluster.nn.losses import instance_weights, pmi, update_cluster_prior
+
+ESTIMATORS = ("TEMIClusterer", "SCANClusterer", "DeepClusterer", "MMDCClusterer", "ADCClusterer")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def save(part, payload):
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"speed_{part}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(function, device):
+    """(wall seconds, CPU seconds) of one call."""
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def interleaved(functions, repeats, device):
+    """Medians of wall and CPU seconds of each function, run in turn ``repeats`` times."""
+    samples = {name: [] for name in functions}
+    for function in functions.values():  # warm-up
+        function()
+    for _ in range(repeats):
+        for name, function in functions.items():
+            samples[name].append(timed(function, device))
+    return {name: {"wall": float(np.median([s[0] for s in values])),
+                   "cpu": float(np.median([s[1] for s in values]))}
+            for name, values in samples.items()}
+
+
+def cpu_flags():
+    probes = ("_is_avx2_supported", "_is_avx512_supported", "_is_avx512_bf16_supported",
+              "_is_amx_tile_supported")
+    return {name.strip("_")[3:]: bool(getattr(torch.cpu, name, lambda: False)())
+            for name in probes}
+
+
+# ---------------------------------------------------------------------------- machine
+def gemm_rate(m, k, n, dtype, device, repeats=10):
+    """GFLOP/s of an (m, k) @ (k, n) product in ``dtype``."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+
+
+def machine(args):
+    device = resolve_device(args.device)
+    shapes = [(1024, 64, 512), (1024, 784, 512), (1024, 512, 256), (2048, 2048, 2048)]
+    rows = []
+    for name, dtype in DTYPES.items():
+        for shape in shapes:
+            rate = gemm_rate(*shape, dtype, device, repeats=3 if name != "float32" else 10)
+            rows.append({"dtype": name, "shape": shape, "gflops": rate})
+            print(f"{name:9s} {str(shape):20s} {rate:8.1f} GFLOP/s", flush=True)
+    info = {"device": str(device), "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": cpu_flags(),
+            "native_bfloat16": native_bfloat16(device), "gemm": rows}
+    print(json.dumps({k: v for k, v in info.items() if k != "gemm"}))
+    save(f"machine_{device.type}", info)
+
+
+# ---------------------------------------------------------------------------- TEMI heads
+class _AuthorsHead(nn.Module):
+    """One DINO/TEMI head as the authors write it: ``Linear → GELU → Linear``, L2 normalisation,
+    a weight-normalised ``Linear(bottleneck, K, bias=False)`` with its gain fixed at 1 at start."""
+
+    def __init__(self, d, k, hidden=512, bottleneck=256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, bottleneck))
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+        self.last_layer = nn.utils.parametrizations.weight_norm(
+            nn.Linear(bottleneck, k, bias=False)
+        )
+        with torch.no_grad():
+            self.last_layer.parametrizations.weight.original0.fill_(1.0)
+
+    def forward(self, x):
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+class AuthorsTEMI:
+    """The authors' layout of a TEMI step: a Python loop over heads for the forward passes and
+    for the loss (each head's prior, PMI and the ensemble weight built head by head), AdamW over
+    the heads' parameters, the teacher update looping over parameters."""
+
+    def __init__(self, n_heads, d, k, device, beta=0.6, tau=0.1):
+        self.student = nn.ModuleList(_AuthorsHead(d, k) for _ in range(n_heads)).to(device)
+        self.teacher = nn.ModuleList(_AuthorsHead(d, k) for _ in range(n_heads)).to(device)
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=1e-4, weight_decay=1e-4)
+        self.priors = [torch.full((k,), 1 / k, device=device) for _ in range(n_heads)]
+        self.beta, self.tau = beta, tau
+
+    def step(self, x, y):
+        inputs = torch.cat([x, y])
+        student = [head(inputs) for head in self.student]
+        with torch.no_grad():
+            teacher = [head(inputs) for head in self.teacher]
+        probs = [torch.softmax(t / self.tau, dim=-1) for t in teacher]
+        weight = sum((p[: len(x)] * p[len(x):]).sum(-1) for p in probs) / len(probs)
+        losses = []
+        for h, (s, t) in enumerate(zip(student, teacher)):
+            self.priors[h] = update_cluster_prior(
+                self.priors[h][None], probs[h][None], 0.9
+            )[0]
+            log_prior = self.priors[h].log()[None]
+            sx, sy = torch.log_softmax(s / self.tau, -1).chunk(2)
+            tx, ty = torch.log_softmax(t / self.tau, -1).chunk(2)
+            pair = -0.5 * (pmi(sx[None], ty[None], log_prior, self.beta)
+                           + pmi(sy[None], tx[None], log_prior, self.beta))[0]
+            losses.append((weight * pair).mean())
+        loss = sum(losses) / len(losses)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            for teacher_param, student_param in zip(self.teacher.parameters(),
+                                                    self.student.parameters()):
+                teacher_param.mul_(0.996).add_(student_param.detach(), alpha=0.004)
+
+
+def temi_step_flops(n_heads, d, rows, k=10, hidden=512, bottleneck=256):
+    """Multiply-adds ×2 of one TEMI step: student forward and backward (no input gradient of the
+    first layer), teacher forward, on ``rows`` rows (anchors and neighbours)."""
+    forward = d * hidden + hidden * bottleneck + bottleneck * k
+    return 2 * rows * n_heads * (3 * forward + hidden * bottleneck + bottleneck * k)
+
+
+def heads(args):
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    batch, d, k, steps = args.batch, args.dim, 10, args.steps_per_epoch
+    X = torch.rand(batch * steps, d).numpy()
+    ours = skdeepcluster.TEMIClusterer(
+        n_clusters=k, n_heads=args.heads, batch_size=batch, n_neighbors=10, max_epochs=1,
+        precision=args.precision, device=args.device, random_state=0,
+    )
+    X_checked, trainer, seed = ours._begin_fit(X)
+    stage = next(ours._stages(X_checked, trainer, torch.Generator().manual_seed(seed)))
+    authors = AuthorsTEMI(args.heads, d, k, device)
+    features = torch.from_numpy(X).to(device)
+
+    def authors_epoch():
+        for i in range(steps):
+            x = features[i * batch:(i + 1) * batch]
+            authors.step(x, x.roll(1, 0))
+
+    times = interleaved({"ours": lambda: stage.run_epoch(stage), "authors": authors_epoch},
+                        args.repeats, device)
+    flops = temi_step_flops(args.heads, d, 2 * batch)
+    dtype = trainer.dtype
+    forward_shapes = [(2 * batch, d, 512), (2 * batch, 512, 256), (2 * batch, 256, k)]
+    # the floor: the step's products at this device's measured rate for their shapes
+    rates = [gemm_rate(*shape, dtype, device) for shape in forward_shapes]
+    per_row = [d * 512, 512 * 256, 256 * k]
+    counts = [2, 3, 3]  # student fwd + weight grad + teacher fwd; + input grad for layers 2, 3
+    floor = sum(2 * 2 * batch * args.heads * c * m / (r * 1e9)
+                for c, m, r in zip(counts, per_row, rates))
+    result = {
+        "heads": args.heads, "dim": d, "batch": batch, "threads": torch.get_num_threads(),
+        "device": str(device), "precision": str(dtype).removeprefix("torch."),
+        "head_groups": len(ours.module_["student"].groups),
+        "ours_s_per_step": {key: v / steps for key, v in times["ours"].items()},
+        "authors_s_per_step": {key: v / steps for key, v in times["authors"].items()},
+        "speedup_cpu": times["authors"]["cpu"] / times["ours"]["cpu"],
+        "speedup_wall": times["authors"]["wall"] / times["ours"]["wall"],
+        "gflop_per_step": flops / 1e9, "floor_s_per_step": floor,
+        "ours_over_floor": times["ours"]["wall"] / steps / floor,
+    }
+    print(f"TEMI step, {args.heads} heads, d={d}, batch {batch} pairs, "
+          f"{result['threads']} thread(s), {result['precision']}, "
+          f"{result['head_groups']} head group(s):")
+    print(f"  ours    {result['ours_s_per_step']['wall']:.3f} s wall "
+          f"{result['ours_s_per_step']['cpu']:.3f} s CPU per step")
+    print(f"  authors {result['authors_s_per_step']['wall']:.3f} s wall "
+          f"{result['authors_s_per_step']['cpu']:.3f} s CPU per step")
+    print(f"  speed-up {result['speedup_cpu']:.2f}x (CPU seconds), "
+          f"{result['speedup_wall']:.2f}x (wall); {result['gflop_per_step']:.1f} GFLOP per "
+          f"step, GEMM floor {floor:.3f} s, ours at {result['ours_over_floor']:.2f}x the floor")
+    save(f"heads_d{d}_b{batch}_h{args.heads}_t{result['threads']}_{result['precision']}_"
+         f"{device.type}", result)
+
+
+# ---------------------------------------------------------------------------- backbones
+def backbones(args):
+    device = resolve_device(args.device)
+    configs = [("SmallCNN, 8 px grey (digits)", lambda: SmallCNN(1, 32, 8), (1, 8, 8), 256),
+               ("SmallCNN, 28 px grey (Fashion)", lambda: SmallCNN(1, 32, 28), (1, 28, 28), 128),
+               ("CIFAR ResNet-18, 32 px RGB", lambda: CifarResNet18(3), (3, 32, 32), 64)]
+    precisions = ["float32"] + (["bfloat16"] if native_bfloat16(device) or args.force else [])
+    rows = []
+    for name, build, shape, batch in configs:
+        functions = {}
+        for precision in precisions:
+            for layout in ("nchw", "channels_last"):
+                torch.manual_seed(0)
+                model = build().to(device)
+                if layout == "channels_last":
+                    model = model.to(memory_format=torch.channels_last)
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+                x = torch.rand(batch, *shape, device=device)
+                dtype = DTYPES[precision]
+
+                def step(model=model, optimizer=optimizer, x=x, dtype=dtype):
+                    with torch.autocast(device.type, dtype=dtype,
+                                        enabled=dtype != torch.float32):
+                        loss = model(x).float().square().mean()
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+
+                functions[f"{precision}/{layout}"] = step
+        times = interleaved(functions, args.repeats, device)
+        base = times["float32/nchw"]
+        for key, value in times.items():
+            rows.append({"network": name, "batch": batch, "variant": key, **value,
+                         "speedup_cpu": base["cpu"] / value["cpu"],
+                         "speedup_wall": base["wall"] / value["wall"]})
+            print(f"{name:32s} batch {batch:4d} {key:24s} {value['wall'] * 1000:8.1f} ms wall "
+                  f"{value['cpu'] * 1000:8.1f} ms CPU  x{base['cpu'] / value['cpu']:.2f} "
+                  f"(CPU) vs float32/nchw", flush=True)
+    save(f"backbones_{device.type}_t{torch.get_num_threads()}",
+         {"device": str(device), "threads": torch.get_num_threads(), "rows": rows})
+
+
+# ---------------------------------------------------------------------------- estimators
+def digits_for(name):
+    """TEMI clusters features (pixels / 16); the other four learn from the 8×8 images."""
+    return digits_features() if name == "TEMIClusterer" else digits_images()
+
+
+def fit_once(name, params, seed):
+    X, y = digits_for(name)
+    model = getattr(skdeepcluster, name)(n_clusters=10, random_state=seed, **params)
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.fit(X)
+    row = {"estimator": name, "seed": seed, **scores(y, model.labels_),
+           "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
+           "n_iter": model.n_iter_, "precision": model.precision_,
+           "threads": torch.get_num_threads(),
+           "epochs": {stage: sum(1 for e in model.history_ if e["stage"] == stage)
+                      for stage in dict.fromkeys(e["stage"] for e in model.history_)}}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def defaults(args):
+    """Every estimator with its defaults (only ``n_clusters``, ``random_state`` and
+    ``device`` set) on the 1 797 digits, trained and scored on all of them."""
+    rows = []
+    X, y = digits_features()
+    for seed in args.seeds:
+        rows.append({"estimator": "KMeans", "seed": seed,
+                     **{k: v for k, v in kmeans_run(X, X, y, 10, seed).items()}})
+    for name in args.estimators:
+        for seed in args.seeds:
+            rows.append(fit_once(name, {"device": args.device}, seed))
+            save(f"defaults_{args.tag}", rows)
+    summarize_rows(rows)
+
+
+def summarize_rows(rows):
+    by_name = {}
+    for row in rows:
+        by_name.setdefault(row["estimator"], []).append(row)
+    print(f"\n{'estimator':16s} {'ACC':>15s} {'NMI':>15s} {'wall s':>9s} {'CPU s':>9s} "
+          f"{'epochs':>8s}")
+    for name, group in by_name.items():
+        def stat(key):
+            values = [r[key] for r in group if key in r]
+            return (np.mean(values), np.std(values)) if values else (np.nan, np.nan)
+        acc, nmi = stat("acc"), stat("nmi")
+        wall = stat("wall") if "wall" in group[0] else stat("seconds")
+        print(f"{name:16s} {acc[0]:.3f} ± {acc[1]:.3f}   {nmi[0]:.3f} ± {nmi[1]:.3f} "
+              f"{wall[0]:9.1f} {stat('cpu')[0]:9.1f} {stat('n_iter')[0]:8.1f}")
+
+
+def precision(args):
+    """The same configuration in float32 and in bfloat16 (accuracy and time)."""
+    device = resolve_device(args.device)
+    if not (native_bfloat16(device) or args.force):
+        print(f"{device} computes bfloat16 by emulation (cpu flags {cpu_flags()}): a comparison "
+              "would time the emulation. Skipped (--force runs it anyway).")
+        return
+    rows = []
+    for name in args.estimators:
+        for precision_name in ("float32", "bfloat16"):
+            for seed in args.seeds:
+                params = {"device": args.device, "precision": precision_name}
+                rows.append({**fit_once(name, params, seed), "precision": precision_name})
+                save(f"precision_{args.tag}", rows)
+    summarize_rows(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    sub = parser.add_subparsers(dest="part", required=True)
+    sub.add_parser("machine")
+    p = sub.add_parser("heads")
+    p.add_argument("--heads", type=int, default=50)
+    p.add_argument("--dim", type=int, default=64, help="features (digits 64, Fashion 784)")
+    p.add_argument("--batch", type=int, default=512, help="anchors per step (paper: 512)")
+    p.add_argument("--steps-per-epoch", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--precision", default="auto")
+    p = sub.add_parser("backbones")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--force", action="store_true", help="bfloat16 even where it is emulated")
+    for part in ("defaults", "precision"):
+        p = sub.add_parser(part)
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
+        p.add_argument("--tag", default="digits")
+        if part == "precision":
+            p.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    {"machine": machine, "heads": heads, "backbones": backbones, "defaults": defaults,
+     "precision": precision}[args.part](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
