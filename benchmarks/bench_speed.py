@@ -5,6 +5,7 @@ Parts (each prints a table and writes ``benchmarks/results/speed_<part>.json``):
     python benchmarks/bench_speed.py machine            # CPU flags, GEMM GFLOP/s per precision
     python benchmarks/bench_speed.py heads --dim 64     # TEMI step: ours vs the authors' loop
     python benchmarks/bench_speed.py backbones          # convnet step: NCHW vs channels-last
+    python benchmarks/bench_speed.py epochs --baseline ../old  # epoch times: ../old vs this
     python benchmarks/bench_speed.py defaults --seeds 0 1 2   # every estimator's defaults
     python benchmarks/bench_speed.py precision --seeds 0 1 2  # bfloat16 vs float32
 
@@ -325,6 +326,64 @@ def summarize_rows(rows):
               f"{wall[0]:9.1f} {stat('cpu')[0]:9.1f} {stat('n_iter')[0]:8.1f}")
 
 
+#: A few epochs of every stage, otherwise the defaults (for epoch times only).
+EPOCH_PARAMS = {
+    "TEMIClusterer": dict(max_epochs=3),
+    "SCANClusterer": dict(pretext_epochs=2, max_epochs=2, self_labeling_epochs=2),
+    "DeepClusterer": dict(max_epochs=2),
+    "MMDCClusterer": dict(max_epochs=2),
+    "ADCClusterer": dict(warmup_epochs=2, max_epochs=2),
+}
+
+EPOCH_CHILD = """
+import json, sys, time
+sys.path.insert(0, {bench!r})
+import numpy as np, skdeepcluster
+from _common import digits_features, digits_images
+name, params = {name!r}, {params!r}
+cls = getattr(skdeepcluster, name)
+if "min_steps" in cls().get_params():  # the version before the stopping rule
+    params["min_steps"] = 0
+X = (digits_features() if name == "TEMIClusterer" else digits_images())[0]
+model = cls(n_clusters=10, random_state=0, **params).fit(X)
+stages = {{}}
+for entry in model.history_:
+    stages.setdefault(entry["stage"], []).append(entry["seconds"])
+print(json.dumps({{stage: float(np.median(v)) for stage, v in stages.items()}}))
+"""
+
+
+def epochs(args):
+    """Median seconds per epoch of each stage: the checkout at ``--baseline`` against this one,
+    run in turn in fresh processes (the same machine, threads and data)."""
+    import os
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    checkouts = {"baseline": os.path.abspath(args.baseline),
+                 "current": os.path.dirname(here)}
+    rows = []
+    for name in args.estimators:
+        samples = {key: [] for key in checkouts}
+        for _ in range(args.repeats):
+            for key, root in checkouts.items():
+                child = EPOCH_CHILD.format(bench=here, name=name,
+                                           params=dict(EPOCH_PARAMS[name]))
+                environment = {**os.environ, "PYTHONPATH": root}
+                out = subprocess.run([sys.executable, "-c", child], env=environment,
+                                     capture_output=True, text=True, check=True, cwd=root)
+                samples[key].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for stage in samples["current"][0]:
+            old = float(np.median([s[stage] for s in samples["baseline"] if stage in s]
+                                  or [np.nan]))
+            new = float(np.median([s[stage] for s in samples["current"]]))
+            rows.append({"estimator": name, "stage": stage, "baseline_s": old, "current_s": new,
+                         "speedup": old / new})
+            print(f"{name:16s} {stage:18s} baseline {old:7.2f} s  current {new:7.2f} s  "
+                  f"x{old / new:.2f}", flush=True)
+    save(f"epochs_t{torch.get_num_threads()}", {"baseline": args.baseline, "rows": rows})
+
+
 def precision(args):
     """The same configuration in float32 and in bfloat16 (accuracy and time)."""
     device = resolve_device(args.device)
@@ -357,6 +416,10 @@ def main():
     p = sub.add_parser("backbones")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--force", action="store_true", help="bfloat16 even where it is emulated")
+    p = sub.add_parser("epochs")
+    p.add_argument("--baseline", required=True, help="a checkout of the version to compare")
+    p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
+    p.add_argument("--repeats", type=int, default=2)
     for part in ("defaults", "precision"):
         p = sub.add_parser(part)
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -365,8 +428,8 @@ def main():
         if part == "precision":
             p.add_argument("--force", action="store_true")
     args = parser.parse_args()
-    {"machine": machine, "heads": heads, "backbones": backbones, "defaults": defaults,
-     "precision": precision}[args.part](args)
+    {"machine": machine, "heads": heads, "backbones": backbones, "epochs": epochs,
+     "defaults": defaults, "precision": precision}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 __all__ = [
+    "AssignmentTracker",
     "ExponentialMovingAverage",
     "PRECISIONS",
     "Stage",
@@ -293,6 +294,40 @@ class StoppingRule:
             self.n_no_change = 0 if value < self.best - self.tol else self.n_no_change + 1
             self.best = min(self.best, value)
         return self.n_no_change >= self.n_iter_no_change
+
+
+class AssignmentTracker:
+    """The usual stopping signal: the fraction of training samples whose cluster changed.
+
+    Training code calls :meth:`update` with the clusters it sees for a batch of samples (for
+    free: the predictions a step computes anyway); a sample counts once it has been seen
+    before. :meth:`fraction` returns the fraction changed since its last call. With ``n_heads``
+    every head keeps its own assignment and the fraction is over all (head, sample) pairs.
+    Counts stay on the device until :meth:`fraction` (no synchronisation per step).
+    """
+
+    def __init__(self, n_samples, *, n_heads=None, n_clusters=2**15, device="cpu"):
+        shape = (n_samples,) if n_heads is None else (n_heads, n_samples)
+        dtype = torch.int16 if n_clusters < 2**15 else torch.int32
+        self.last = torch.full(shape, -1, dtype=dtype, device=device)
+        self._counts = torch.zeros(2, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, indices, clusters):
+        """``clusters`` of the samples ``indices``: shape (B,), or (n_heads, B)."""
+        clusters = clusters.to(self.last.dtype)
+        previous = self.last[..., indices]
+        seen = previous >= 0
+        self._counts[0] += ((previous != clusters) & seen).sum()
+        self._counts[1] += seen.sum()
+        self.last[..., indices] = clusters
+
+    def fraction(self):
+        """Fraction of the compared assignments that changed since the last call; 1.0 when
+        nothing could be compared yet (the first epoch)."""
+        changed, compared = (int(v) for v in self._counts.tolist())
+        self._counts.zero_()
+        return changed / compared if compared else 1.0
 
 
 # ---------------------------------------------------------------------- stages and trainer

@@ -20,6 +20,7 @@ from skdeepcluster import (
     TEMIClusterer,
 )
 from skdeepcluster.engine import (
+    AssignmentTracker,
     ExponentialMovingAverage,
     StoppingRule,
     Trainer,
@@ -229,6 +230,23 @@ def test_progress_lines(capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_assignment_tracker_counts_changes_of_samples_seen_before():
+    tracker = AssignmentTracker(5)
+    tracker.update(torch.tensor([0, 1, 2]), torch.tensor([3, 3, 1]))
+    assert tracker.fraction() == 1.0  # nothing seen before: nothing to compare
+    tracker.update(torch.tensor([2, 3]), torch.tensor([0, 1]))  # 2 changed, 3 is new
+    tracker.update(torch.tensor([0, 1]), torch.tensor([3, 2]))  # 1 changed
+    assert tracker.fraction() == pytest.approx(2 / 3)
+    heads = AssignmentTracker(3, n_heads=2)
+    heads.update(torch.tensor([0, 1, 2]), torch.tensor([[0, 0, 0], [1, 1, 1]]))
+    assert heads.fraction() == 1.0
+    heads.update(torch.tensor([0, 1, 2]), torch.tensor([[0, 1, 0], [1, 1, 1]]))
+    assert heads.fraction() == pytest.approx(1 / 6)  # one of six (head, sample) pairs
+    assert heads.fraction() == 1.0  # counts reset after each call: nothing compared since
+    heads.update(torch.tensor([0]), torch.tensor([[1], [1]]))
+    assert heads.fraction() == pytest.approx(0.5)
+
+
 # --------------------------------------------------------------------------- precision
 def test_auto_precision_follows_native_bfloat16(monkeypatch):
     monkeypatch.setattr(engine, "native_bfloat16", lambda device: False)
@@ -344,3 +362,13 @@ def test_float16_on_a_cpu_fails_before_training(estimator, digits):
     with pytest.raises(ValueError, match="float16"):
         model.fit(digits)
     assert not hasattr(model, "module_")
+
+
+def test_fit_leaves_the_thread_count_alone(digits):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        clone(ESTIMATORS[0]).set_params(random_state=0).fit(digits)
+        assert torch.get_num_threads() == 2  # OMP_NUM_THREADS / set_num_threads are respected
+    finally:
+        torch.set_num_threads(before)

@@ -12,7 +12,12 @@ from torch.nn import functional as F
 
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor, iterate_batches
-from ..engine import make_optimizer, parameter_groups, warmup_step_schedule
+from ..engine import (
+    AssignmentTracker,
+    make_optimizer,
+    parameter_groups,
+    warmup_step_schedule,
+)
 from ..kmeans import kmeans
 from ..nn.augment import color_jitter, gaussian_noise, random_affine, random_resized_crop
 from ..nn.backbones import make_backbone
@@ -33,7 +38,7 @@ class _ADCData:
     batch_size: int
     steps_per_epoch: int
     feature_std: object
-    assignments: torch.Tensor
+    assignments: AssignmentTracker
 
 
 class ADCNetwork(nn.Module):
@@ -159,12 +164,12 @@ class ADCClusterer(BaseDeepClusterer):
     feature_noise : float, default=0.2
         Feature input only: the augmentation adds Gaussian noise of ``feature_noise`` × the
         training standard deviation of each feature.
-    tol : float or None, default=1e-3
+    tol : float or None, default=2e-3
         Stopping rule of the clustering stage, with ``max_epochs`` as the cap: it ends when
         fewer than ``tol`` of the samples seen in an epoch changed cluster (argmax of the
         logits) since their previous visit, for ``n_iter_no_change`` epochs in a row. The
         warm-up always runs ``warmup_epochs``. None: train exactly ``max_epochs``.
-    n_iter_no_change : int, default=5
+    n_iter_no_change : int, default=10
         Consecutive epochs below ``tol`` that end training.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Arithmetic of the network's forward and backward passes (autocast); weights, optimiser
@@ -236,6 +241,12 @@ class ADCClusterer(BaseDeepClusterer):
     Augmentations (the paper's list): a random resized crop (area ``crop_scale`` to 1) with
     optional horizontal flip, a rotation within ±``rotation`` degrees, colour jitter
     (brightness, contrast, saturation, hue; the latter two no-ops on grey images), Gaussian noise.
+
+    Stopping rule, measured with the defaults on the digits as 8×8 images (seed 0): the fraction
+    of samples whose cluster changed falls from 0.51 in the second clustering epoch to under
+    0.003 from epoch 23 on; with ``tol=2e-3`` and ``n_iter_no_change=10`` the clustering stage
+    stops after epoch 56 of 100 at the accuracy of the full schedule (0.689 both; the paper's
+    flips are wrong for digits: ``flip=False`` is the setting for them).
 
     ``transform`` returns the embedding ``z`` (``embedding_dim`` values). Each step costs one
     forward/backward pass over ``(1 + n_augmentations) · batch_size`` samples plus association
@@ -314,8 +325,8 @@ class ADCClusterer(BaseDeepClusterer):
         crop_scale=0.6,
         noise_std=0.05,
         feature_noise=0.2,
-        tol=1e-3,
-        n_iter_no_change=5,
+        tol=2e-3,
+        n_iter_no_change=10,
         precision="auto",
         device="auto",
         random_state=None,
@@ -442,7 +453,7 @@ class ADCClusterer(BaseDeepClusterer):
             steps_per_epoch=n_samples // batch_size,
             feature_std=(torch.from_numpy(X.std(axis=0)).float().to(device)
                          if self.input_kind_ == "features" else None),
-            assignments=torch.full((n_samples,), -1, dtype=torch.int64),
+            assignments=AssignmentTracker(n_samples, n_clusters=self.n_clusters, device=device),
         )
 
         # Sec. 3.1: warm-up with the augmentation association (and the norm loss) only
@@ -480,7 +491,6 @@ class ADCClusterer(BaseDeepClusterer):
         # Augmented copies, copy-major: row r is a copy of sample r % batch_size.
         n_copies = self.n_augmentations if self.beta > 0 else int(clustering and self.delta > 0)
         sums = dict.fromkeys((*_LOSS_TERMS, "loss"), 0.0)
-        changed = compared = 0
         for indices in iterate_batches(
             data.X.shape[0], batch_size, shuffle=True, generator=data.generator, drop_last=True
         ):
@@ -520,12 +530,7 @@ class ADCClusterer(BaseDeepClusterer):
                     + self.classification_weight * terms["classification"]
                 )
                 # the stopping rule's signal: clusters of the plain samples, seen in training
-                assignment = plain_logits.detach().argmax(dim=1).cpu()
-                previous = data.assignments[indices]
-                seen = previous >= 0
-                changed += int(((previous != assignment) & seen).sum())
-                compared += int(seen.sum())
-                data.assignments[indices] = assignment
+                data.assignments.update(indices.to(device), plain_logits.argmax(dim=1))
             else:
                 terms["norm"] = norm_loss(embeddings)
             loss = loss + self.gamma * terms["norm"]
@@ -537,7 +542,7 @@ class ADCClusterer(BaseDeepClusterer):
             sums["loss"] += float(loss.detach())
         record = {name: value / data.steps_per_epoch for name, value in sums.items()}
         if clustering:
-            record["changed"] = changed / compared if compared else 1.0
+            record["changed"] = data.assignments.fraction()
         return record
 
     # ------------------------------------------------------------------ inference

@@ -196,7 +196,7 @@ class DeepClusterer(BaseDeepClusterer):
         classifier's SGD, re-created with it every reassignment, has no momentum.
     weight_decay : float, default=1e-5
         L2 penalty of both optimisers (authors' code: 10⁻⁵).
-    tol : float or None, default=1e-3
+    tol : float or None, default=2e-3
         Stopping rule, with ``max_epochs`` as the cap: training ends when the fraction of the
         samples that changed cluster between two consecutive reassignments (the labels of the
         two clusterings matched by the Hungarian method; ``changed`` in ``history_``) has not
@@ -204,7 +204,7 @@ class DeepClusterer(BaseDeepClusterer):
         row: the clustering has stopped getting more stable (the paper's Fig. 2b measures the
         same stability as NMI). It never reaches zero: each reassignment is a fresh k-means.
         None: train exactly ``max_epochs`` (the paper's schedule).
-    n_iter_no_change : int, default=5
+    n_iter_no_change : int, default=10
         Consecutive epochs below ``tol`` that end training.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Arithmetic of the network's forward and backward passes (autocast); weights, optimiser
@@ -373,8 +373,8 @@ class DeepClusterer(BaseDeepClusterer):
         lr=0.05,
         momentum=0.9,
         weight_decay=1e-5,
-        tol=1e-3,
-        n_iter_no_change=5,
+        tol=2e-3,
+        n_iter_no_change=10,
         precision="auto",
         device="auto",
         random_state=None,

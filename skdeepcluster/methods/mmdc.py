@@ -244,12 +244,14 @@ class MMDCClusterer(BaseDeepClusterer):
         Paper: 0.2 (÷5); MNIST 0.1.
     proba_temperature : float, default=0.1
         Temperature τ of ``predict_proba`` (not in the paper, which only predicts hard labels).
-    tol : float or None, default=1e-3
+    tol : float or None, default=1e-2
         Stopping rule, with ``max_epochs`` as the cap: a stage ends when fewer than ``tol``
         of the samples changed mixture component in an epoch (``reassigned`` in
         ``history_``), for ``n_iter_no_change`` epochs in a row. None: train exactly
-        ``max_epochs`` (the paper's schedule).
-    n_iter_no_change : int, default=5
+        ``max_epochs`` (the paper's schedule). The per-batch Hungarian step keeps swapping the
+        targets of a few boundary samples until the learning rate decays, hence a larger
+        ``tol`` than the other estimators' (see Notes).
+    n_iter_no_change : int, default=10
         Consecutive epochs below ``tol`` that end a stage.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Arithmetic of the network's forward and backward passes (autocast); weights, optimiser
@@ -309,6 +311,13 @@ class MMDCClusterer(BaseDeepClusterer):
     it does not help (benchmarks/results/mmdc.json). Outcomes vary with the seed: the balanced
     targets sometimes make the network merge two classes and split a third.
 
+    Stopping rule, measured on digits (MLP, ``augmentation="affine"``, no rotation task,
+    150 epochs with the learning rate ÷5 after 120, seed 0): the fraction of reassigned samples
+    falls from 0.09 at epoch 5 to 0.003-0.008 from epoch 60 on and to 0 only after the
+    learning-rate decay, while the accuracy is 0.892 at epoch 67 and 0.893 at epoch 150. With
+    ``tol=1e-2`` and ``n_iter_no_change=10`` training stops after epoch 67; with ``tol=2e-3``
+    only after the decay (epoch 134).
+
     ``predict`` returns ``argmin_k ‖f(x) − μ_k‖`` (Eq. 3); ``predict_proba`` is
     ``softmax_k(−‖f(x) − μ_k‖² / τ)``, whose argmax is the same cluster; ``transform`` returns
     the L2-normalised output f(x) (``target_dim`` values); ``score`` is the negative mean
@@ -364,8 +373,8 @@ class MMDCClusterer(BaseDeepClusterer):
         lr_decay_epochs=(350,),
         lr_decay_gamma=0.2,
         proba_temperature=0.1,
-        tol=1e-3,
-        n_iter_no_change=5,
+        tol=1e-2,
+        n_iter_no_change=10,
         precision="auto",
         device="auto",
         random_state=None,

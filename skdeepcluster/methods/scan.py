@@ -15,7 +15,12 @@ from torch.nn import functional as F
 
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor, iterate_batches
-from ..engine import ExponentialMovingAverage, make_optimizer, parameter_groups
+from ..engine import (
+    AssignmentTracker,
+    ExponentialMovingAverage,
+    make_optimizer,
+    parameter_groups,
+)
 from ..neighbors import mine_neighbors
 from ..nn.augment import (
     color_jitter,
@@ -210,7 +215,7 @@ class SCANClusterer(BaseDeepClusterer):
         self-labelling step by their exponential moving average with this momentum.
     cutout_size : float, default=0.5
         Side of the Cutout square, as a fraction of the image side (authors: 16 px of 32).
-    tol : float or None, default=1e-3
+    tol : float or None, default=2e-3
         Stopping rule of each step, with the step's epochs as the cap: the SCAN and
         self-labelling steps end when fewer than ``tol`` of the training samples changed
         cluster in an epoch, ``n_iter_no_change`` epochs in a row; the pretext step ends when
@@ -218,7 +223,7 @@ class SCANClusterer(BaseDeepClusterer):
         10 000 samples) has not decreased by ``tol`` for ``n_iter_no_change`` epochs (SimCLR's
         neighbour lists keep changing in part however long it trains). None: every step runs
         all its epochs (the paper's fixed schedules).
-    n_iter_no_change : int, default=5
+    n_iter_no_change : int, default=10
         Consecutive epochs below the threshold that end a step.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Arithmetic of the network's forward and backward passes (autocast); weights, optimiser
@@ -390,8 +395,8 @@ class SCANClusterer(BaseDeepClusterer):
         class_balancing=True,
         ema_momentum=None,
         cutout_size=0.5,
-        tol=1e-3,
-        n_iter_no_change=5,
+        tol=2e-3,
+        n_iter_no_change=10,
         precision="auto",
         device="auto",
         random_state=None,
@@ -504,7 +509,8 @@ class SCANClusterer(BaseDeepClusterer):
         if self.self_labeling:
             stage = self._self_labeling_stage(X, trainer, generator)
             yield stage
-            n_batches = stage.n_epochs * max(1, X.shape[0] // stage.batch_size)
+            batch_size = min(self.self_labeling_batch_size, X.shape[0])
+            n_batches = stage.n_epochs * max(1, X.shape[0] // batch_size)
             if self.n_skipped_batches_:
                 warnings.warn(
                     f"Self-labelling skipped {self.n_skipped_batches_} of {n_batches} batches: "
@@ -719,12 +725,11 @@ class SCANClusterer(BaseDeepClusterer):
             parameters = list(network.parameters())
             shadow = [p.detach().clone() for p in parameters]
             ema = ExponentialMovingAverage(shadow, parameters, self.ema_momentum)
-        assignments = torch.full((X.shape[0],), -1, dtype=torch.int64)
+        assignments = AssignmentTracker(X.shape[0], n_clusters=self.n_clusters,
+                                        device=trainer.device)
         epoch = functools.partial(self._self_labeling_epoch, X, generator, assignments)
-        stage = trainer.stage("selflabel", epoch, self.self_labeling_epochs,
-                              optimizer=optimizer, ema=ema, monitor="changed")
-        stage.batch_size = min(self.self_labeling_batch_size, X.shape[0])
-        return stage
+        return trainer.stage("selflabel", epoch, self.self_labeling_epochs,
+                             optimizer=optimizer, ema=ema, monitor="changed")
 
     def _self_labeling_epoch(self, X, generator, assignments, stage):
         """Confident weak-view predictions (> ``confidence_threshold``) are the targets of a
@@ -733,18 +738,14 @@ class SCANClusterer(BaseDeepClusterer):
         backbone.train()
         head.train()
         loss_sum, n_updates, n_confident, skipped = 0.0, 0, 0, 0
-        changed = compared = 0
+        batch_size = min(self.self_labeling_batch_size, X.shape[0])
         for indices in iterate_batches(
-            X.shape[0], stage.batch_size, shuffle=True, generator=generator, drop_last=True
+            X.shape[0], batch_size, shuffle=True, generator=generator, drop_last=True
         ):
             images = batch_to_tensor(X, indices, stage.device)
             with torch.no_grad(), stage.autocast():
                 weak_logits = self._logits(images)[0].float()
-            labels = weak_logits.argmax(dim=1).cpu()
-            seen = assignments[indices] >= 0
-            changed += int(((assignments[indices] != labels) & seen).sum())
-            compared += int(seen.sum())
-            assignments[indices] = labels
+            assignments.update(indices.to(stage.device), weak_logits.argmax(dim=1))
             with stage.autocast():
                 strong_logits = self._logits(self._augment(images, generator))[0]
             loss, confident = confidence_cross_entropy(
@@ -767,7 +768,7 @@ class SCANClusterer(BaseDeepClusterer):
             "loss": loss_sum / n_updates if n_updates else float("nan"),
             "n_confident": n_confident,
             "skipped_batches": skipped,
-            "changed": changed / compared if compared else 1.0,
+            "changed": assignments.fraction(),
         }
 
     def _warn_if_degenerate(self, labels):
