@@ -305,8 +305,10 @@ def test_pipeline_cross_validate_and_grid_search(digits):
 
 # --------------------------------------------------------------------------- quality
 # The defaults (paper lr 1e-4, teacher_momentum="auto" → 0.99 for 3000 steps) with 4 heads,
-# batch 128 and 3000 steps (14 per epoch) to fit the suite's time budget (doc/benchmarks.rst).
-QUALITY = dict(n_heads=4, batch_size=128, max_epochs=215)
+# batch 128 and a fixed 3000 steps (215 epochs of 14) to fit the suite's time budget
+# (doc/benchmarks.rst). With the stopping rule this seed stops after epoch 159 at 0.839:
+# single seeds of 4 heads jump late between 0.84 and 0.92 as the best head changes.
+QUALITY = dict(n_heads=4, batch_size=128, max_epochs=215, tol=None)
 
 
 def test_digits_accuracy_beats_kmeans(digits):

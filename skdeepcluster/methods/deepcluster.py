@@ -302,6 +302,13 @@ class DeepClusterer(BaseDeepClusterer):
     pixels 0.79). Tried without gain (six seeds each, light crops): ``n_pseudo_labels=30``
     (mean 0.703), 50 with 32 components (0.743), no Sobel (0.737), an MLP (0.797).
 
+    Stopping rule, measured with the defaults on the digits as 8×8 images (seed 0, 166 epochs):
+    the share of samples that change cluster between two reassignments falls from 1 to
+    0.35-0.55 within 10 epochs and stays there (a fresh k-means each epoch), while the
+    pseudo-labels' accuracy wanders between 0.35 and 0.55; the ``"plateau"`` rule
+    (``tol=2e-3``, ``n_iter_no_change=10``) stops after epoch 16 (pseudo-label ACC 0.53;
+    0.43 at epoch 166).
+
     The final clustering uses sklearn's ``KMeans`` (k-means++ seeding, ``n_init`` restarts)
     instead of one faiss run: on digits a single randomly-seeded 20-iteration run lands 5–15
     ACC points away from the best partition of the same features, which is noise in the
