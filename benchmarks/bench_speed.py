@@ -103,7 +103,7 @@ def machine(args):
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": cpu_flags(),
             "native_bfloat16": native_bfloat16(device), "gemm": rows}
     print(json.dumps({k: v for k, v in info.items() if k != "gemm"}))
-    save(f"machine_{device.type}", info)
+    save(f"machine_{device.type}_t{torch.get_num_threads()}", info)
 
 
 # ---------------------------------------------------------------------------- TEMI heads

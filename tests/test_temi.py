@@ -92,8 +92,8 @@ def test_head_groups_equal_one_batched_computation():
 def test_head_group_sizes():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert head_group_sizes(50, 1024, 512, cuda) == [50]  # a GPU takes all heads at once
-    sizes = head_group_sizes(50, 1024, 512, cpu)  # 2 MiB of activations per head → 8 per group
-    assert sum(sizes) == 50 and max(sizes) == 8
+    sizes = head_group_sizes(50, 1024, 512, cpu)  # 2 MiB of activations per head → 4 per group
+    assert sum(sizes) == 50 and max(sizes) == 4
     assert head_group_sizes(3, 10, 8, cpu) == [3]
     assert head_group_sizes(4, 10**6, 512, cpu) == [1, 1, 1, 1]
 

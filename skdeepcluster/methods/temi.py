@@ -196,10 +196,12 @@ class TEMIClusterer(BaseDeepClusterer):
 
     Layout of the heads: one step of 50 heads computes 50 × 1 024 × 512 activations per layer
     (100 MB each in float32). On a CPU the heads run in groups whose activations stay in the
-    cache (:func:`~skdeepcluster.nn.heads.head_group_sizes`; 8 heads per group at batch 512),
+    cache (:func:`~skdeepcluster.nn.heads.head_group_sizes`; 4 heads per group at batch 512),
     each group back-propagated in turn, with one AdamW step and one EMA over all heads; on a GPU
-    all heads form one group. On two CPU threads this took a 50-head step from 1.8 s to 0.64 s
-    (``benchmarks/bench_speed.py heads``).
+    all heads form one group. On two CPU threads this took a 50-head step on 64 features from
+    1.2-1.8 s to 0.55 s, 1.14× faster than the authors' loop over heads; on one thread it is as
+    fast as that loop, 1.7-1.9× above the float32 matrix-product floor (``bench_speed.py
+    heads``, ``doc/benchmarks.rst``).
 
     ``transform`` returns the best teacher head's L2-normalised bottleneck (``bottleneck_dim``
     values). ``score`` is the label-free mutual information between samples and clusters.

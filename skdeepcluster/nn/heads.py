@@ -20,11 +20,13 @@ __all__ = [
     "head_group_sizes",
 ]
 
-#: Activation bytes of one group of heads on a CPU: small enough that a layer's output is still in
-#: the cache when the next layer (or the backward pass) reads it. Chosen by measurement
-#: (``benchmarks/bench_speed.py heads``): one TEMI step of 50 heads, 1 024 rows, on 2 threads took
-#: 1.24-1.77 s with all heads at once (each activation 100 MB) and 0.64 s in groups of 8.
-CPU_GROUP_BYTES = 16 * 2**20
+#: Activation bytes of one group of heads on a CPU: small enough that a group's activations,
+#: weights and gradients are still in the cache when the next layer (or the backward pass) reads
+#: them. Chosen by measurement (``doc/benchmarks.rst``): one TEMI step of 50 heads, 1 024 rows,
+#: 2 threads, took 1.24-1.77 s with all heads at once (each activation 100 MB) and, with groups
+#: from budgets of 2 / 4 / 8 / 16 MiB, 0.67 / 0.60 / 0.59 / 0.62 s on 64 features and
+#: 1.52 / 1.40 / 1.45 / 1.59 s on 784 features.
+CPU_GROUP_BYTES = 8 * 2**20
 
 
 def head_group_sizes(n_heads, n_rows, width, device):
