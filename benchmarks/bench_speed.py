@@ -28,7 +28,7 @@ from _common import RESULTS_DIR, digits_features, digits_images, kmeans_run, sco
 import skdeepcluster
 from skdeepcluster.engine import native_bfloat16, resolve_device
 from skdeepcluster.nn.backbones import CifarResNet18, SmallCNN
-from skdeepcluster.nn.losses import instance_weights, pmi, update_cluster_prior
+from skdeepcluster.nn.losses import pmi, update_cluster_prior
 
 ESTIMATORS = ("TEMIClusterer", "SCANClusterer", "DeepClusterer", "MMDCClusterer", "ADCClusterer")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

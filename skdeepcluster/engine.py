@@ -470,9 +470,9 @@ class Trainer:
 
     def prepare(self, module):
         """``module`` on the trainer's device; a convolutional network also in channels-last
-        memory format (oneDNN's and cuDNN's fast layout; 15-25 % less time per step of the small
-        CNN on a CPU in float32, ``doc/benchmarks.rst``). Inputs may stay NCHW: the first
-        convolution switches to the weights' layout."""
+        memory format (oneDNN's and cuDNN's fast layout; 11-26 % less time per step of the
+        default convnets on a CPU in float32, ``doc/benchmarks.rst``). Inputs may stay NCHW:
+        the first convolution switches to the weights' layout."""
         module = module.to(self.device)
         if any(isinstance(layer, nn.Conv2d) for layer in module.modules()):
             module = module.to(memory_format=torch.channels_last)

@@ -4,7 +4,6 @@ import functools
 from dataclasses import dataclass
 from numbers import Integral, Real
 
-import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
