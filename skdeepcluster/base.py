@@ -118,24 +118,39 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
         self : object
             The fitted estimator.
         """
-        X, trainer, seed = self._begin_fit(X)
-        device = trainer.device
-        fork_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(seed)
-            np_state = np.random.get_state()
-            np.random.seed(seed)  # faiss' Python helpers draw from numpy's global state
-            try:
-                generator = torch.Generator().manual_seed(seed)
-                for stage in self._stages(X, trainer, generator):
-                    trainer.run(stage)
-            finally:
-                np.random.set_state(np_state)
-                del self._trainer
-        self.n_iter_ = int(sum(trainer.n_epochs.values()))
-        self.labels_ = self._apply_batched(X, self._predict_tensor).astype(np.int64)
-        self._warn_if_degenerate(self.labels_)
+        attributes_before = set(vars(self))
+        try:
+            X, trainer, seed = self._begin_fit(X)
+            device = trainer.device
+            fork_devices = [device.index or 0] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=fork_devices):
+                torch.manual_seed(seed)
+                np_state = np.random.get_state()
+                np.random.seed(seed)  # faiss' Python helpers draw from numpy's global state
+                try:
+                    generator = torch.Generator().manual_seed(seed)
+                    for stage in self._stages(X, trainer, generator):
+                        trainer.run(stage)
+                finally:
+                    np.random.set_state(np_state)
+                    del self._trainer
+            self.n_iter_ = int(sum(trainer.n_epochs.values()))
+            self.labels_ = self._apply_batched(X, self._predict_tensor).astype(np.int64)
+            self._warn_if_degenerate(self.labels_)
+        except BaseException:
+            # Ctrl-C (KeyboardInterrupt) or any error: no half-fitted estimator is left behind.
+            self._discard_fit_state(attributes_before)
+            raise
         return self
+
+    def _discard_fit_state(self, attributes_before):
+        """Leave the estimator unfitted after a fit that raised: remove every fitted attribute
+        (trailing underscore, those of an earlier fit included) and whatever this fit added;
+        the parameters and what was set before this fit without a trailing underscore stay."""
+        for name in list(vars(self)):
+            fitted = name.endswith("_") and not name.startswith("__")
+            if fitted or name not in attributes_before:
+                delattr(self, name)
 
     def _begin_fit(self, X):
         """Everything before training: validated X, the trainer, the seed.

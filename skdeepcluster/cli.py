@@ -5,6 +5,9 @@ Subcommands:
 * ``demo``: cluster scikit-learn's digits with TEMI, compare with k-means, draw the clusters.
 * ``cluster PATH``: cluster a folder of images; write ``labels.csv`` and one contact sheet per
   cluster.
+
+Results are written only once training is over. Ctrl-C stops the command with exit status 130
+and a line saying what was written: nothing when it came during embedding or training.
 """
 
 import argparse
@@ -114,7 +117,7 @@ def _print_table(rows):
         print(f"{name:<10} {acc:6.3f} {nmi:6.3f} {ari:6.3f} {seconds:8.1f}")
 
 
-def _run_demo(args):
+def _run_demo(args, written):
     from sklearn.cluster import KMeans
 
     from .datasets import load_digits_images
@@ -149,6 +152,7 @@ def _run_demo(args):
     os.makedirs(args.output, exist_ok=True)
     path = os.path.join(args.output, "demo_clusters.png")
     display = ClusterGridDisplay.from_estimator(model, X, images=images, n_per_cluster=12)
+    written.append(path)
     display.figure_.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(display.figure_)
     print(f"\nPicture of the clusters (most confident digits first): {os.path.abspath(path)}")
@@ -176,7 +180,7 @@ def _contact_sheet(paths, out_path, *, columns=8, thumbnail=CONTACT_SHEET_THUMBN
     sheet.save(out_path)
 
 
-def _run_cluster(args):
+def _run_cluster(args, written):
     from .datasets import IMAGE_EXTENSIONS, _walk_files, list_image_files
     from .embedders import ImageEmbedder
 
@@ -232,6 +236,7 @@ def _run_cluster(args):
 
     os.makedirs(args.output, exist_ok=True)
     csv_path = os.path.join(args.output, "labels.csv")
+    written.append(csv_path)
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "cluster", "confidence"])
@@ -246,6 +251,7 @@ def _run_cluster(args):
             continue
         order = members[np.argsort(-np.nan_to_num(confidence[members], nan=0.0), kind="stable")]
         sheet_path = os.path.join(args.output, f"cluster_{cluster:0{width}d}.png")
+        written.append(sheet_path)
         _contact_sheet([paths[i] for i in order[:CONTACT_SHEET_IMAGES]], sheet_path)
         print(f"{cluster:>7} {members.size:>7}  {sheet_path}")
     print(f"\nLabels of {len(paths)} images: {csv_path}")
@@ -323,7 +329,9 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 1 when the input cannot be clustered, 2 for a usage error.
+        0 on success, 1 when the input cannot be clustered, 2 for a usage error, 130 when
+        interrupted (Ctrl-C), after a line on standard error saying which files, if any, were
+        written.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -332,11 +340,22 @@ def main(argv=None):
         if value is not None and value < (2 if option == "n_clusters" else 1):
             parser.error(f"--{option.replace('_', '-')} must be at least "
                          f"{2 if option == 'n_clusters' else 1}, got {value}.")
+    written = []  # output files, each added as it is started
     try:
         _check_device(args.device)
         if args.command == "demo":
-            return _run_demo(args)
-        return _run_cluster(args)
+            return _run_demo(args, written)
+        return _run_cluster(args, written)
     except CommandError as error:
         print(f"skdeepcluster: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        if written:
+            print(f"skdeepcluster: interrupted while writing the results; {len(written)} "
+                  "file(s) written, the last one possibly incomplete:", file=sys.stderr)
+            for path in written:
+                print(f"  {path}", file=sys.stderr)
+        else:
+            print("skdeepcluster: interrupted; nothing was written.", file=sys.stderr)
+        return 130

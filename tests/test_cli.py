@@ -138,3 +138,41 @@ def test_python_dash_m_entry_point(tmp_path, monkeypatch, capsys):
         runpy.run_module("skdeepcluster", run_name="__main__")
     assert info.value.code == 1
     assert "no such folder" in capsys.readouterr().err
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_training_writes_nothing_and_says_so(image_folder, tmp_path, capsys,
+                                                           monkeypatch):
+    monkeypatch.setattr(skdeepcluster.TEMIClusterer, "fit", _interrupt)
+    output = tmp_path / "out"
+    status = main(["cluster", str(image_folder), "--n-clusters", "3", "--embedder", "pixels",
+                   "--output", str(output), *FAST])
+    err = capsys.readouterr().err
+    assert status == 130
+    assert "interrupted; nothing was written" in err and "Traceback" not in err
+    assert not output.exists() or not any(output.iterdir())
+
+
+def test_ctrl_c_while_writing_lists_what_was_written(image_folder, tmp_path, capsys,
+                                                     monkeypatch):
+    import skdeepcluster.cli as cli
+
+    monkeypatch.setattr(cli, "_contact_sheet", _interrupt)
+    output = tmp_path / "out"
+    status = main(["cluster", str(image_folder), "--n-clusters", "3", "--embedder", "pixels",
+                   "--output", str(output), *FAST])
+    err = capsys.readouterr().err
+    assert status == 130
+    assert "interrupted while writing the results; 2 file(s) written" in err
+    assert str(output / "labels.csv") in err and str(output / "cluster_") in err
+    assert len(_read_labels(output)) == 30  # labels.csv was complete
+
+
+def test_ctrl_c_in_the_demo(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(skdeepcluster.TEMIClusterer, "fit", _interrupt)
+    assert main(["demo", "--output", str(tmp_path / "demo"), *FAST]) == 130
+    assert "nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
