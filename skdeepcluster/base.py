@@ -59,8 +59,12 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
         "verbose": ["verbose"],
     }
 
-    #: Fraction of the asked clusters below which a fitted clustering is called degenerate.
-    _min_cluster_usage = 0.5
+    #: Share of the samples above which the largest cluster of a fitted clustering (with at
+    #: least 2 clusters) is called a collapse (see :meth:`_warn_if_degenerate`).
+    _max_cluster_share = 0.9
+
+    #: What the collapse warning advises.
+    _collapse_advice = "Try more epochs, a larger batch or fewer clusters."
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):
@@ -88,7 +92,12 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
                         f"{type(self).__name__} was fitted on {self.input_shape_}."
                     )
             return images
-        features = validate_data(self, X, reset=reset, dtype=[np.float32, np.float64])
+        # C order: whole-array reductions (a feature's std, PCA) then sum in one order whatever
+        # the caller's layout, so a Fortran array or a DataFrame gives the labels of its
+        # C-ordered values; a C-ordered array is not copied (and never written to).
+        features = validate_data(
+            self, X, reset=reset, dtype=[np.float32, np.float64], order="C"
+        )
         if reset:
             self.input_kind_ = "features"
             self.input_shape_ = (features.shape[1],)
@@ -106,6 +115,9 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Fit the clusterer on X. Labels ``y`` are ignored (accepted for Pipeline/CV use).
+
+        A fit completes or leaves the estimator unfitted: when it raises (Ctrl-C included),
+        every fitted attribute is removed, those of an earlier fit too.
 
         Parameters
         ----------
@@ -193,14 +205,27 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
         """Build ``self.module_`` and yield the training stages (see the module docstring)."""
 
     def _warn_if_degenerate(self, labels):
-        n_used = np.unique(labels).size
-        if n_used < self._min_cluster_usage * self.n_clusters:
+        """ConvergenceWarning when a clustering into ``n_clusters`` >= 2 clusters has collapsed:
+        a cluster is empty, or the largest one holds more than ``_max_cluster_share`` (90 %) of
+        the samples."""
+        if self.n_clusters < 2 or labels.size == 0:
+            return
+        counts = np.bincount(labels, minlength=self.n_clusters)
+        n_used = int(np.count_nonzero(counts))
+        largest_share = counts.max() / labels.size
+        problems = []
+        if n_used < self.n_clusters:
+            problems.append(f"uses only {n_used} of the {self.n_clusters} clusters asked for")
+        if largest_share > self._max_cluster_share:
+            problems.append(
+                f"puts {largest_share:.0%} of the {labels.size} samples into one cluster"
+            )
+        if problems:
             warnings.warn(
-                f"{type(self).__name__} uses only {n_used} of the {self.n_clusters} clusters "
-                "asked for: the clustering has (partly) collapsed. Try more epochs, a larger "
-                "batch or fewer clusters.",
+                f"{type(self).__name__} {' and '.join(problems)}: the clustering has (partly) "
+                f"collapsed. {self._collapse_advice}",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     # ------------------------------------------------------------------ inference
@@ -318,10 +343,28 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
 
     # ------------------------------------------------------------------ persistence
     def __getstate__(self):
-        state = super().__getstate__()
-        if "module_" in state:
-            # Pickles always hold CPU tensors, so a model trained on CUDA loads anywhere.
-            state = dict(state)
-            state["module_"] = copy.deepcopy(self.module_).cpu()
-        return state
+        # Pickles always hold CPU tensors, so a model trained on CUDA loads anywhere: the
+        # fitted modules and the parameters (a user backbone) are pickled as CPU copies; the
+        # live objects stay where they are (one memo keeps shared modules shared).
+        state = dict(super().__getstate__())
+        memo = {}
+        return {name: _cpu_copy(value, memo) for name, value in state.items()}
 
+
+def _cpu_copy(value, memo):
+    """``value`` with every torch module and tensor in it (through dicts, lists and tuples)
+    replaced by a CPU copy; values without tensors are returned as they are."""
+    if isinstance(value, torch.nn.Module):
+        return copy.deepcopy(value, memo).cpu()
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "cpu":
+            return value
+        moved = value.detach().cpu()
+        if isinstance(value, torch.nn.Parameter):
+            return torch.nn.Parameter(moved, requires_grad=value.requires_grad)
+        return moved.requires_grad_(value.requires_grad)
+    if type(value) is dict:
+        return {key: _cpu_copy(item, memo) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_cpu_copy(item, memo) for item in value)
+    return value

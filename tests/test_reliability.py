@@ -107,3 +107,140 @@ def test_interrupted_refit_also_leaves_it_unfitted_and_a_new_fit_works(estimator
         model.predict(digits)
     assert _fitted_attributes(model) == []
     np.testing.assert_array_equal(_fit_quietly(model, digits).labels_, reference)
+
+
+# --------------------------------------------------------------------------- 2. collapse
+@pytest.mark.parametrize("n_clusters", [2, 3])
+def test_collapse_warning_whatever_the_number_of_clusters(n_clusters):
+    model = MMDCClusterer(n_clusters=n_clusters)
+    balanced = np.arange(100) % n_clusters
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model._warn_if_degenerate(balanced)
+        others = 1 + np.arange(10) % (n_clusters - 1)
+        model._warn_if_degenerate(np.r_[np.zeros(90), others].astype(int))  # 90 %: not more
+    empty = balanced.copy()
+    empty[empty == n_clusters - 1] = 0
+    with pytest.warns(ConvergenceWarning,
+                      match=f"uses only {n_clusters - 1} of the {n_clusters} clusters"):
+        model._warn_if_degenerate(empty)
+    dominated = np.r_[np.zeros(91), 1 + np.arange(9) % (n_clusters - 1)].astype(int)
+    with pytest.warns(ConvergenceWarning, match="puts 91% of the 100 samples into one cluster") \
+            as record:
+        model._warn_if_degenerate(dominated)  # every cluster used, but 91 % in one
+    assert "uses only" not in str(record[0].message)
+    everything = np.zeros(100, dtype=int)
+    with pytest.warns(ConvergenceWarning, match="uses only 1 of .* and puts 100%"):
+        model._warn_if_degenerate(everything)
+
+
+def test_one_cluster_asked_for_is_no_collapse():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MMDCClusterer(n_clusters=1)._warn_if_degenerate(np.zeros(10, dtype=int))
+
+
+@pytest.mark.parametrize("n_clusters", [2, 3])
+def test_a_fit_that_collapses_warns(digits, n_clusters):
+    # 190 copies of one digit and 10 others: the copies get one label, > 90 % of the samples
+    X = np.concatenate([np.repeat(digits[:1], 190, axis=0), digits[1:11]])
+    model = MMDCClusterer(n_clusters=n_clusters, max_epochs=2, batch_size=32, random_state=0)
+    with pytest.warns(ConvergenceWarning, match="into one cluster") as record:
+        model.fit(X)
+    collapse = [w for w in record if "collapsed" in str(w.message)]
+    assert len(collapse) == 1 and collapse[0].filename == __file__  # points at the caller
+    assert np.bincount(model.labels_).max() >= 190
+
+
+# --------------------------------------------------------------------------- 3. bad device
+@by_name
+def test_bad_device_string_is_a_value_error_before_any_work(estimator, digits, monkeypatch):
+    def no_training(trainer, stage):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(engine.Trainer, "run", no_training)
+    model = clone(estimator).set_params(device="gpu7000")
+    with pytest.raises(ValueError, match=r"device='gpu7000'.*'auto', 'cpu', 'cuda'"):
+        model.fit(digits)
+    assert not hasattr(model, "module_")
+
+
+# --------------------------------------------------------------------------- 4. pickles on CPU
+class _DevicePickler(pickle.Pickler):
+    """Pickles normally and records the device of every tensor and storage it meets."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.devices = []
+
+    def persistent_id(self, obj):  # None for every object: pickled as usual
+        if isinstance(obj, (torch.Tensor, torch.UntypedStorage)):
+            self.devices.append(obj.device.type)
+        elif isinstance(obj, torch.TypedStorage):
+            self.devices.append(obj._untyped_storage.device.type)
+
+
+def _pretend_meta_is_a_device_with_data(monkeypatch):
+    """The meta device stands for a GPU here: its tensors get a CPU copy (of zeros) instead of
+    torch's "cannot copy out of meta tensor"."""
+    real_cpu = torch.Tensor.cpu
+
+    def cpu(self, *args, **kwargs):
+        if self.is_meta:
+            return torch.zeros(self.shape, dtype=self.dtype)
+        return real_cpu(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+
+
+@by_name
+def test_pickle_holds_only_cpu_tensors_user_backbone_included(estimator, digits, monkeypatch):
+    backbone = nn.Sequential(nn.Linear(64, 16), nn.ReLU())
+    backbone.out_features = 16
+    model = _fit_quietly(clone(estimator).set_params(backbone=backbone, random_state=0), digits)
+    assert model.backbone is backbone
+    # as if fitted on a GPU: the user's backbone and the fitted modules on another device
+    backbone.to("meta")
+    model.module_.to("meta")
+    _pretend_meta_is_a_device_with_data(monkeypatch)
+    buffer = io.BytesIO()
+    pickler = _DevicePickler(buffer)
+    pickler.dump(model)
+    assert pickler.devices and set(pickler.devices) == {"cpu"}
+    # the live objects are left where they are
+    assert model.backbone is backbone and backbone[0].weight.is_meta
+    assert all(p.is_meta for p in model.module_.parameters())
+    loaded = pickle.loads(buffer.getvalue())
+    assert loaded.backbone[0].weight.device.type == "cpu"
+    assert all(p.device.type == "cpu" for p in loaded.module_.parameters())
+
+
+def test_pickle_keeps_shared_modules_shared(digits):
+    model = _fit_quietly(clone(ESTIMATORS[0]).set_params(random_state=0), digits)
+    model.extra_ = {"same": model.module_, "list": [model.module_, torch.ones(2)]}
+    state = model.__getstate__()
+    assert state["extra_"]["same"] is state["module_"] is state["extra_"]["list"][0]
+    assert state["module_"] is not model.module_  # a copy, not the live module
+
+
+# --------------------------------------------------------------------------- 5. memory layout
+@by_name
+def test_fortran_order_gives_the_same_model(estimator, digits):
+    fortran = np.asfortranarray(digits)
+    before = fortran.copy(order="F")
+    c_model = _fit_quietly(clone(estimator).set_params(random_state=0), digits)
+    f_model = _fit_quietly(clone(estimator).set_params(random_state=0), fortran)
+    np.testing.assert_array_equal(f_model.labels_, c_model.labels_)
+    np.testing.assert_array_equal(f_model.transform(digits), c_model.transform(digits))
+    np.testing.assert_array_equal(fortran, before)  # the caller's array is untouched
+    assert fortran.flags.f_contiguous and not fortran.flags.c_contiguous
+
+
+@by_name
+def test_dataframe_gives_the_same_model_as_its_array(estimator, digits):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(digits, columns=[f"pixel_{i}" for i in range(digits.shape[1])])
+    array_model = _fit_quietly(clone(estimator).set_params(random_state=0), digits)
+    frame_model = _fit_quietly(clone(estimator).set_params(random_state=0), frame)
+    np.testing.assert_array_equal(frame_model.labels_, array_model.labels_)
+    np.testing.assert_array_equal(frame_model.transform(frame), array_model.transform(digits))

@@ -341,6 +341,11 @@ class SCANClusterer(BaseDeepClusterer):
     (1797, 21)
     """
 
+    _collapse_advice = (
+        "The entropy term needs batches much larger than n_clusters; with overclustering some "
+        "empty clusters are expected."
+    )
+
     _parameter_constraints: dict = {
         **BaseDeepClusterer._parameter_constraints,
         "backbone": [nn.Module, StrOptions({"auto", "mlp", "small_cnn", "resnet18"})],
@@ -776,18 +781,6 @@ class SCANClusterer(BaseDeepClusterer):
             "skipped_batches": skipped,
             "changed": assignments.fraction(),
         }
-
-    def _warn_if_degenerate(self, labels):
-        super()._warn_if_degenerate(labels)
-        n_used = np.unique(labels).size
-        if self._min_cluster_usage * self.n_clusters <= n_used < self.n_clusters:
-            warnings.warn(
-                f"SCANClusterer leaves {self.n_clusters - n_used} of the {self.n_clusters} "
-                "clusters empty. The entropy term needs batches much larger than n_clusters; "
-                "with overclustering some empty clusters are expected.",
-                UserWarning,
-                stacklevel=3,
-            )
 
     # ------------------------------------------------------------------ inference
     @property
