@@ -440,7 +440,8 @@ class Trainer:
     history : list
         Receives one dict per epoch: ``stage``, ``epoch`` (1-based), the epoch's record, ``lr``
         (the last one used) when the stage has an optimiser, ``seconds`` (wall) and
-        ``cpu_seconds`` (this process).
+        ``cpu_seconds`` (this process). The progress lines show the record's numbers and its
+        strings (notes) as they are.
     tol : float or None
         Stopping rule threshold (see :class:`StoppingRule`); None: every stage runs its cap.
     n_iter_no_change : int
@@ -538,6 +539,9 @@ class Trainer:
             for key, value in record.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)
         )
+        notes = [value for value in record.values() if isinstance(value, str)]
+        if notes:  # what the numbers cannot say, e.g. an epoch that trained nothing
+            terms = "  ".join(filter(None, [terms, *notes]))
         print(
             f"[{self.name}] {stage.name} epoch {done}/{stage.max_epochs}  {terms}  "
             f"{entry['seconds']:.2f}s  elapsed {elapsed:.0f}s  eta {eta:.0f}s",

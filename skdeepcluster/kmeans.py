@@ -5,10 +5,29 @@ import warnings
 import faiss
 import numpy as np
 
-__all__ = ["train_pca_whitening", "pca_whiten", "kmeans"]
+__all__ = ["train_pca_whitening", "pca_whiten", "kmeans", "warn_if_few_points"]
 
 #: Regulariser of the whitening, relative to the largest eigenvalue.
 WHITENING_EPSILON = 1e-6
+
+#: faiss' guideline for k-means: at least this many training points per centroid. Below it
+#: faiss itself prints a warning from C++ (to stderr, whatever ``verbose`` says); :func:`kmeans`
+#: silences that and the estimators warn once per fit instead (:func:`warn_if_few_points`).
+MIN_POINTS_PER_CENTROID = 39
+
+
+def warn_if_few_points(n_samples, n_clusters, who, *, stacklevel=2):
+    """One ``UserWarning`` when ``n_samples`` points are few for a k-means into ``n_clusters``
+    (fewer than :data:`MIN_POINTS_PER_CENTROID` per cluster); ``who`` names the estimator."""
+    needed = MIN_POINTS_PER_CENTROID * n_clusters
+    if n_samples < needed:
+        warnings.warn(
+            f"{who}'s k-means clusters {n_samples} points into {n_clusters} clusters: fewer "
+            f"than {MIN_POINTS_PER_CENTROID} points per cluster (at least {needed} points), "
+            "faiss' guideline; its centroids may be poor.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def train_pca_whitening(features, n_components=256):
@@ -70,6 +89,8 @@ def kmeans(features, n_clusters, *, n_iter=20, seed=0, spherical=False, verbose=
 
     faiss splits a non-empty cluster when one goes empty during training; the final assignment
     can still leave clusters empty, which the caller must handle (DeepCluster remaps labels).
+    Nothing is printed unless ``verbose``: faiss' own warning about few points per centroid is
+    switched off (callers warn once with :func:`warn_if_few_points`).
 
     Returns
     -------
@@ -87,10 +108,9 @@ def kmeans(features, n_clusters, *, n_iter=20, seed=0, spherical=False, verbose=
         seed=int(seed) % (2**31 - 1),
         spherical=spherical,
         max_points_per_centroid=max(256, n // n_clusters + 1),  # never subsample
+        min_points_per_centroid=1,  # faiss' C++ warning below 39 per centroid: not printed
         verbose=verbose,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # faiss warns when n < 39 * k
-        model.train(features)
+    model.train(features)
     distances, labels = model.index.search(features, 1)
     return labels.ravel().astype(np.int64), model.centroids.copy(), float(distances.sum())

@@ -244,3 +244,44 @@ def test_dataframe_gives_the_same_model_as_its_array(estimator, digits):
     frame_model = _fit_quietly(clone(estimator).set_params(random_state=0), frame)
     np.testing.assert_array_equal(frame_model.labels_, array_model.labels_)
     np.testing.assert_array_equal(frame_model.transform(frame), array_model.transform(digits))
+
+
+# --------------------------------------------------------------------------- 7. silence
+@by_name
+def test_verbose_zero_prints_nothing_and_warns_once_about_small_k_means(estimator, digits,
+                                                                         capfd):
+    X = digits[:60]  # 60 points into 3 clusters: faiss asks for at least 117
+    model = clone(estimator).set_params(random_state=0, verbose=0)
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(X)
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""  # C-level output included
+    small = [w for w in caught if "points per cluster" in str(w.message)]
+    uses_faiss_k_means = isinstance(model, (ADCClusterer, DeepClusterer))
+    assert len(small) == (1 if uses_faiss_k_means else 0)
+
+
+def test_small_k_means_warning_threshold():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_few_points(MIN_POINTS_PER_CENTROID * 3, 3, "X")
+    with pytest.warns(UserWarning, match="116 points into 3 clusters.*at least 117"):
+        warn_if_few_points(MIN_POINTS_PER_CENTROID * 3 - 1, 3, "X")
+
+
+def test_skipped_self_labelling_epoch_has_no_nan_loss(digits, capsys):
+    model = SCANClusterer(n_clusters=3, n_neighbors=5, max_epochs=1, self_labeling_epochs=2,
+                          self_labeling_batch_size=32, batch_size=32,
+                          confidence_threshold=0.999999, random_state=0, verbose=2)
+    with pytest.warns(ConvergenceWarning, match="skipped"):
+        model.fit(digits)
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower()
+    assert out.count("no confident samples") == 2
+    selflabel = [entry for entry in model.history_ if entry["stage"] == "selflabel"]
+    assert [entry["loss"] for entry in selflabel] == [None, None]
+    assert all(entry["skipped_batches"] == 3 for entry in selflabel)
+    for entry in model.history_:
+        assert not any(isinstance(v, float) and math.isnan(v) for v in entry.values())

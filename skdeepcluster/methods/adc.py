@@ -17,7 +17,7 @@ from ..engine import (
     parameter_groups,
     warmup_step_schedule,
 )
-from ..kmeans import kmeans
+from ..kmeans import kmeans, warn_if_few_points
 from ..nn.augment import color_jitter, gaussian_noise, random_affine, random_resized_crop
 from ..nn.backbones import make_backbone
 from ..nn.losses import association_loss, norm_loss, trafo_loss
@@ -377,6 +377,8 @@ class ADCClusterer(BaseDeepClusterer):
                 "ADCClusterer needs at least 2 samples to train (batch normalisation); got 1 "
                 "sample."
             )
+        if self.kmeans_init:  # once per fit, before any work (fit → _begin_fit → here)
+            warn_if_few_points(X.shape[0], self.n_clusters, "ADCClusterer", stacklevel=4)
 
     # ------------------------------------------------------------------ augmentation
     def _augment(self, x, generator, feature_std=None):

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor
 from ..engine import make_optimizer, parameter_groups
-from ..kmeans import kmeans, pca_whiten, train_pca_whitening
+from ..kmeans import kmeans, pca_whiten, train_pca_whitening, warn_if_few_points
 from ..nn.augment import apply_user_augmentation, small_image_affine, weak_augment
 from ..nn.backbones import Sobel, make_backbone
 from ..pic import power_iteration_clustering
@@ -449,6 +449,9 @@ class DeepClusterer(BaseDeepClusterer):
                 f"n_neighbors={self.n_neighbors} must be smaller than n_samples={X.shape[0]} "
                 "for clustering='pic'."
             )
+        if self.clustering == "kmeans":  # once per fit, not at every epoch's reassignment
+            warn_if_few_points(X.shape[0], self.n_pseudo_labels or self.n_clusters,
+                               "DeepClusterer", stacklevel=4)
 
     # ------------------------------------------------------------------ training
     def _features(self, batch):

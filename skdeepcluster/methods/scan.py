@@ -258,8 +258,10 @@ class SCANClusterer(BaseDeepClusterer):
     history_ : list of dict
         Per epoch, with ``stage`` in {"pretext", "scan", "selflabel"}: pretext ``loss`` and
         ``lr``; scan ``loss``, ``consistency``, ``entropy`` (train, mean over heads) and
-        ``eval_loss`` (λ = 1, best head); selflabel ``loss``, ``n_confident`` (confident samples
-        seen in the epoch) and ``skipped_batches``.
+        ``eval_loss`` (λ = 1, best head); selflabel ``loss`` (mean over the batches trained),
+        ``n_confident`` (confident samples seen in the epoch) and ``skipped_batches``. A
+        self-labelling epoch in which no batch had a confident sample trained nothing: its
+        ``loss`` is None and its ``note`` (also on the progress line) says so.
     n_iter_ : int
         Epochs trained, over all stages.
     precision_ : str
@@ -775,12 +777,16 @@ class SCANClusterer(BaseDeepClusterer):
             loss_sum += loss.item()
             n_updates += 1
         self.n_skipped_batches_ += skipped
-        return {
-            "loss": loss_sum / n_updates if n_updates else float("nan"),
+        record = {
+            # None, not NaN: an epoch in which every batch was skipped has no loss
+            "loss": loss_sum / n_updates if n_updates else None,
             "n_confident": n_confident,
             "skipped_batches": skipped,
             "changed": assignments.fraction(),
         }
+        if not n_updates:
+            record["note"] = "no confident samples: every batch skipped"
+        return record
 
     # ------------------------------------------------------------------ inference
     @property
