@@ -180,6 +180,7 @@ def test_max_epochs_is_a_cap_and_tol_none_is_the_fixed_schedule(digits):
     X = digits[0][:100]
     one = TEMIClusterer(n_clusters=3, **{**SMALL, "max_epochs": 1}).fit(X)
     assert one.n_iter_ == 1 and one.n_steps_ == 1  # 100 // 64 = 1 step per epoch
+    assert len(one.history_) == 1  # max_epochs=1 trains one epoch, whatever the schedule says
     fixed = TEMIClusterer(n_clusters=3, **{**SMALL, "max_epochs": 30, "tol": None}).fit(X)
     assert fixed.n_iter_ == 30 == len(fixed.history_)
     # a loose rule ends early: the first epoch reports 1.0, later ones small changes
