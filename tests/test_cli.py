@@ -158,7 +158,7 @@ def test_ctrl_c_during_training_writes_nothing_and_says_so(image_folder, tmp_pat
 
 def test_ctrl_c_while_writing_lists_what_was_written(image_folder, tmp_path, capsys,
                                                      monkeypatch):
-    import skdeepcluster.cli as cli
+    from skdeepcluster import cli
 
     monkeypatch.setattr(cli, "_contact_sheet", _interrupt)
     output = tmp_path / "out"
