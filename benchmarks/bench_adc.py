@@ -18,10 +18,10 @@ import os
 import time
 
 import numpy as np
+from _common import add_seed_stats, digits_images, fashion_mnist_subset, scores
 from sklearn.cluster import KMeans
 
 from skdeepcluster import ADCClusterer
-from _common import add_seed_stats, digits_images, fashion_mnist_subset, scores
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "adc.json")
 

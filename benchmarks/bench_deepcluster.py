@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-
 from _common import fashion_mnist
 from _common import scores as common_scores
+from sklearn.cluster import KMeans
+
 from skdeepcluster import DeepClusterer, load_digits_images
 from skdeepcluster.kmeans import kmeans, pca_whiten, train_pca_whitening
 from skdeepcluster.metrics import overclustering_accuracy_score
@@ -94,7 +94,8 @@ def main():
     parser.add_argument("--fashion-epochs", type=int, default=3)
     parser.add_argument("--fashion-n", type=int, default=10_000)
     parser.add_argument("--datasets", nargs="+", default=["digits", "fashion"])
-    parser.add_argument("--methods", nargs="*", default=["kmeans", "deepcluster", "deepcluster_pic"],
+    parser.add_argument("--methods", nargs="*",
+                        default=["kmeans", "deepcluster", "deepcluster_pic"],
                         help="none: only the k-means timing")
     parser.add_argument("--output", default=RESULTS)
     args = parser.parse_args()
@@ -171,7 +172,8 @@ def main():
                             ("seconds_features", "seconds_clustering", "seconds_training"))
                  if "epoch_seconds_features" in row else "– | – | –")
         print(f"| {row['dataset']} | {row['method']} | {fmt(row, 'acc')} | {fmt(row, 'nmi')} | "
-              f"{fmt(row, 'ari')} | {row['n_clusters_used'][0]:.1f} | {fmt(row, 'fit_seconds', 1)} | "
+              f"{fmt(row, 'ari')} | {row['n_clusters_used'][0]:.1f} | "
+              f"{fmt(row, 'fit_seconds', 1)} | "
               f"{split} |")
     print("\n| dataset | n × d | K | iterations | faiss s | sklearn s |")
     print("|---|---|---|---|---|---|")

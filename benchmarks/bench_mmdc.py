@@ -14,11 +14,11 @@ import os
 import time
 
 import numpy as np
+from _common import add_seed_stats, digits_images, fashion_mnist_subset, scores
 from joblib import Parallel, delayed
 from sklearn.cluster import KMeans
 
 from skdeepcluster import MMDCClusterer
-from _common import add_seed_stats, digits_images, fashion_mnist_subset, scores
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mmdc.json")
 
@@ -70,7 +70,7 @@ def run(datasets, seeds, epochs, augmentations, methods, jobs):
         delayed(fit_one)(name, *datasets[name], method, seed, epochs[name], augmentations[name])
         for name, method, seed in tasks
     )
-    done = dict(zip(tasks, outputs))
+    done = dict(zip(tasks, outputs, strict=True))
     rows = []
     for name in datasets:
         for method in methods:

@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 import torch
+from _common import digits_images, fashion_mnist_subset, scores
 from sklearn.cluster import KMeans
 
-from _common import digits_images, fashion_mnist_subset, scores
 from skdeepcluster import SCANClusterer
 
 #: Per data set: the pretext configuration and the clustering configuration (CPU budget).

@@ -21,10 +21,10 @@ import time
 
 import numpy as np
 import torch
+from _common import RESULTS_DIR, digits_features, digits_images, kmeans_run, scores
 from torch import nn
 from torch.nn import functional as F
 
-from _common import RESULTS_DIR, digits_features, digits_images, kmeans_run, scores
 import skdeepcluster
 from skdeepcluster.engine import native_bfloat16, resolve_device
 from skdeepcluster.nn.backbones import CifarResNet18, SmallCNN
@@ -150,7 +150,7 @@ class AuthorsTEMI:
         probs = [torch.softmax(t / self.tau, dim=-1) for t in teacher]
         weight = sum((p[: len(x)] * p[len(x):]).sum(-1) for p in probs) / len(probs)
         losses = []
-        for h, (s, t) in enumerate(zip(student, teacher)):
+        for h, (s, t) in enumerate(zip(student, teacher, strict=True)):
             self.priors[h] = update_cluster_prior(
                 self.priors[h][None], probs[h][None], 0.9
             )[0]
@@ -166,7 +166,7 @@ class AuthorsTEMI:
         self.optimizer.step()
         with torch.no_grad():
             for teacher_param, student_param in zip(self.teacher.parameters(),
-                                                    self.student.parameters()):
+                                                    self.student.parameters(), strict=True):
                 teacher_param.mul_(0.996).add_(student_param.detach(), alpha=0.004)
 
 
@@ -206,7 +206,7 @@ def heads(args):
     per_row = [d * 512, 512 * 256, 256 * k]
     counts = [2, 3, 3]  # student fwd + weight grad + teacher fwd; + input grad for layers 2, 3
     floor = sum(2 * 2 * batch * args.heads * c * m / (r * 1e9)
-                for c, m, r in zip(counts, per_row, rates))
+                for c, m, r in zip(counts, per_row, rates, strict=True))
     result = {
         "heads": args.heads, "dim": d, "batch": batch, "threads": torch.get_num_threads(),
         "device": str(device), "precision": str(dtype).removeprefix("torch."),
@@ -317,7 +317,7 @@ def summarize_rows(rows):
     print(f"\n{'estimator':16s} {'ACC':>15s} {'NMI':>15s} {'wall s':>9s} {'CPU s':>9s} "
           f"{'epochs':>8s}")
     for name, group in by_name.items():
-        def stat(key):
+        def stat(key, group=group):
             values = [r[key] for r in group if key in r]
             return (np.mean(values), np.std(values)) if values else (np.nan, np.nan)
         acc, nmi = stat("acc"), stat("nmi")

@@ -2,7 +2,8 @@
 batched versus looped heads.
 
     python benchmarks/bench_temi.py accuracy --dataset digits --seeds 0 1 2
-    python benchmarks/bench_temi.py accuracy --dataset fashion --seeds 0 1 2 --epochs 10 --batch-size 512
+    python benchmarks/bench_temi.py accuracy --dataset fashion --seeds 0 1 2 --epochs 10 \
+        --batch-size 512
     python benchmarks/bench_temi.py ablation --seeds 0 1 2
     python benchmarks/bench_temi.py rules --seeds 0
     python benchmarks/bench_temi.py mining --n 10000 60000
@@ -19,7 +20,6 @@ import time
 
 import numpy as np
 import torch
-
 from _common import (
     digits_features,
     fashion_mnist,
@@ -29,6 +29,7 @@ from _common import (
     scores,
     summarize,
 )
+
 from skdeepcluster import TEMIClusterer
 from skdeepcluster.nn.heads import TEMIHeads
 from skdeepcluster.nn.losses import temi_pair_loss, update_cluster_prior
@@ -141,7 +142,8 @@ def mining(args):
     rows = []
     for n in args.n:
         for method in ("faiss", "sklearn"):
-            out = subprocess.run([sys.executable, "-c", MINING_CHILD.format(n=n, method=method, bench_dir=BENCH_DIR)],
+            child = MINING_CHILD.format(n=n, method=method, bench_dir=BENCH_DIR)
+            out = subprocess.run([sys.executable, "-c", child],
                                  capture_output=True, text=True, check=True).stdout.split()
             seconds, extra_mb = float(out[0]), float(out[1])
             rows.append({"n": n, "method": method, "seconds": seconds,

@@ -44,7 +44,7 @@ print(rows[:3])
 # %%
 # Two contact sheets: the most confident images of clusters 0 and 1.
 fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-for ax, cluster in zip(axes, (0, 1)):
+for ax, cluster in zip(axes, (0, 1), strict=True):
     path = os.path.join(output, f"cluster_{cluster}.png")
     if os.path.exists(path):
         ax.imshow(Image.open(path))

@@ -70,7 +70,7 @@ for name, labels in [("SCAN", scan.labels_), ("KMeans", kmeans.labels_)]:
 # stages are on different scales, so each gets its own panel.
 fig, axes = plt.subplots(1, 3, figsize=(11, 3))
 for ax, stage, title in zip(axes, ["pretext", "scan", "selflabel"],
-                            ["SimCLR pretext", "SCAN loss", "self-labelling"]):
+                            ["SimCLR pretext", "SCAN loss", "self-labelling"], strict=True):
     losses = [record["loss"] for record in scan.history_ if record["stage"] == stage]
     ax.plot(range(1, len(losses) + 1), losses)
     ax.set_title(title)

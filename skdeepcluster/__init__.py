@@ -1,5 +1,13 @@
 """skdeepcluster: scikit-learn compatible deep clustering estimators."""
 
+from .datasets import list_image_files, load_digits_images, load_fashion_mnist
+from .display import ClusterConfusionDisplay, ClusterGridDisplay
+from .embedders import ImageEmbedder
+from .methods.adc import ADCClusterer
+from .methods.deepcluster import DeepClusterer
+from .methods.mmdc import MMDCClusterer
+from .methods.scan import SCANClusterer
+from .methods.temi import TEMIClusterer
 from .metrics import (
     cluster_to_class_mapping,
     clustering_accuracy,
@@ -7,14 +15,6 @@ from .metrics import (
     overclustering_accuracy,
     overclustering_accuracy_score,
 )
-from .methods.mmdc import MMDCClusterer
-from .methods.adc import ADCClusterer
-from .methods.deepcluster import DeepClusterer
-from .methods.scan import SCANClusterer
-from .methods.temi import TEMIClusterer
-from .datasets import list_image_files, load_digits_images, load_fashion_mnist
-from .display import ClusterConfusionDisplay, ClusterGridDisplay
-from .embedders import ImageEmbedder
 from .neighbors import mine_neighbors
 
 __version__ = "0.1.0"

@@ -240,7 +240,7 @@ def _run_cluster(args, written):
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "cluster", "confidence"])
-        for path, label, conf in zip(paths, labels, confidence):
+        for path, label, conf in zip(paths, labels, confidence, strict=True):
             writer.writerow([os.path.relpath(path, folder), int(label), f"{conf:.4f}"])
     width = len(str(args.n_clusters - 1))
     print(f"\n{'cluster':>7} {'images':>7}  contact sheet")
@@ -306,7 +306,8 @@ def build_parser():
                     "cluster, confidence) and one contact sheet per cluster into --output.",
     )
     cluster.add_argument("path", help="folder of images")
-    cluster.add_argument("--n-clusters", type=int, default=10, help="number of clusters (default: 10)")
+    cluster.add_argument("--n-clusters", type=int, default=10,
+                         help="number of clusters (default: 10)")
     cluster.add_argument("--embedder", default="efficientnet-lite0",
                          help="efficientnet-lite0 (pretrained, default), pixels, or a torchvision "
                               "model name")

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from sklearn.utils import check_array
 
-__all__ = ["is_image_array", "check_images", "iterate_batches", "batch_to_tensor", "infer_image_layout"]
+__all__ = [
+    "is_image_array", "check_images", "iterate_batches", "batch_to_tensor", "infer_image_layout"
+]
 
 
 def infer_image_layout(shape):
@@ -76,7 +78,8 @@ def iterate_batches(n_samples, batch_size, *, shuffle=False, generator=None, dro
     order = (
         torch.randperm(n_samples, generator=generator) if shuffle else torch.arange(n_samples)
     )
-    stop = n_samples - n_samples % batch_size if drop_last and n_samples >= batch_size else n_samples
+    full = drop_last and n_samples >= batch_size
+    stop = n_samples - n_samples % batch_size if full else n_samples
     for start in range(0, stop, batch_size):
         yield order[start : start + batch_size]
 

@@ -14,7 +14,9 @@ from sklearn.datasets import load_digits
 __all__ = ["load_digits_images", "load_fashion_mnist", "list_image_files", "IMAGE_EXTENSIONS"]
 
 #: File name endings read as images (case-insensitive) by :func:`list_image_files`.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"
+)
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts its files.
 FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
@@ -118,7 +120,8 @@ def load_fashion_mnist(subset="train", *, path=FASHION_MNIST_PATH):
     labels = _read_idx(label_path, 1).astype(np.int64)
     if images.shape[0] != labels.shape[0]:
         raise ValueError(
-            f"{image_path} holds {images.shape[0]} images but {label_path} {labels.shape[0]} labels."
+            f"{image_path} holds {images.shape[0]} images but {label_path} "
+            f"{labels.shape[0]} labels."
         )
     return images, labels
 

@@ -359,7 +359,7 @@ class ClusterConfusionDisplay:
         classes = np.unique(y_true)
         clusters = np.unique(y_pred)
         table = contingency_matrix(y_true, y_pred)  # classes × clusters, both sorted
-        sizes = {c.item(): int(n) for c, n in zip(clusters, table.sum(axis=0))}
+        sizes = {c.item(): int(n) for c, n in zip(clusters, table.sum(axis=0), strict=True)}
         order = []
         for klass in classes:
             matched = [c for c, k in mapping.items() if k == klass.item()]

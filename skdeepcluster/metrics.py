@@ -78,7 +78,7 @@ def cluster_to_class_mapping(y_true, y_pred, *, method="hungarian"):
         cols = table.argmax(axis=1)
     else:
         raise ValueError(f"method must be 'hungarian' or 'majority', got {method!r}.")
-    return {clusters[r].item(): classes[c].item() for r, c in zip(rows, cols)}
+    return {clusters[r].item(): classes[c].item() for r, c in zip(rows, cols, strict=True)}
 
 
 def _matched_accuracy(y_true, y_pred, method):

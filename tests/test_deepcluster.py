@@ -14,8 +14,7 @@ from sklearn.metrics import adjusted_rand_score, homogeneity_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdeepcluster import DeepClusterer, load_digits_images
-from skdeepcluster.kmeans import pca_whiten
-from skdeepcluster.kmeans import train_pca_whitening
+from skdeepcluster.kmeans import pca_whiten, train_pca_whitening
 from skdeepcluster.methods.deepcluster import uniform_cluster_sampler
 from skdeepcluster.metrics import clustering_accuracy_score
 from skdeepcluster.nn.backbones import SmallCNN

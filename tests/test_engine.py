@@ -106,7 +106,7 @@ def test_warmup_cosine_schedule():
     # cosine from 1 at step 2 to 0.1 at step 10, then held
     expected = [0.1 + 0.45 * (1 + math.cos(math.pi * (s - 2) / 8)) for s in range(2, 12)]
     assert values[2:] == pytest.approx([min(1.0, e) if s < 10 else 0.1
-                                        for s, e in zip(range(2, 12), expected)])
+                                        for s, e in zip(range(2, 12), expected, strict=True)])
     optimizer = torch.optim.SGD(parameter, lr=1.0)
     assert _lrs(warmup_cosine_schedule(optimizer, 10), 5) == [1.0] * 5  # constant
 
@@ -267,8 +267,8 @@ def test_auto_precision_follows_native_bfloat16(monkeypatch):
 
 def test_native_bfloat16_reads_the_cpu_flags(monkeypatch):
     for amx, avx512 in ((False, False), (True, False), (False, True)):
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx512=avx512: avx512)
         assert engine.native_bfloat16(CPU) == (amx or avx512)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
@@ -339,7 +339,7 @@ def test_first_stage_epoch_runs_alone_and_trains(estimator, digits):
     record = stage.run_epoch(stage)
     after = [p for p in model.module_.parameters() if p.requires_grad]
     assert isinstance(record, dict) and stage.n_steps > 0
-    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)

@@ -80,7 +80,7 @@ def test_scan_loss_hand_computed_value():
 
     pa = [softmax([2, 0]), softmax([0, 1])]
     pn = [softmax([1, 0]), softmax([0, 0])]
-    expected_consistency = -np.mean([np.log(a @ n) for a, n in zip(pa, pn)])
+    expected_consistency = -np.mean([np.log(a @ n) for a, n in zip(pa, pn, strict=True)])
     mean = np.mean(pa, axis=0)
     expected_entropy = -(mean * np.log(mean)).sum()
     assert consistency.item() == pytest.approx(expected_consistency, rel=1e-5)

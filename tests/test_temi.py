@@ -81,7 +81,7 @@ def test_head_groups_equal_one_batched_computation():
     torch.testing.assert_close(grouped.embed(x, heads=[3]), stacked.embed(x, heads=[3]))
     # group-by-group backward (what a TEMI step does) = the batched gradient
     target = torch.randn(5, 7, 4)
-    for group, part in zip(grouped.groups, grouped.slices):
+    for group, part in zip(grouped.groups, grouped.slices, strict=True):
         (group(x) * target[part]).sum().backward()
     (stacked(x) * target).sum().backward()
     for name, parameter in stacked.named_parameters():

@@ -7,8 +7,8 @@ from numbers import Integral, Real
 import faiss
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 from sklearn.utils._param_validation import Interval, StrOptions

@@ -14,8 +14,15 @@ from torch.nn import functional as F
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor, iterate_batches
 from ..engine import make_optimizer, parameter_groups
-from ..nn.augment import color_jitter, random_affine, random_grayscale, random_resized_crop
-from ..nn.augment import apply_user_augmentation, rotate_quarters, small_image_affine
+from ..nn.augment import (
+    apply_user_augmentation,
+    color_jitter,
+    random_affine,
+    random_grayscale,
+    random_resized_crop,
+    rotate_quarters,
+    small_image_affine,
+)
 from ..nn.backbones import Sobel, make_backbone
 
 __all__ = ["MMDCClusterer", "sample_mixture_targets", "reassign_batch_targets"]

@@ -772,7 +772,7 @@ class SCANClusterer(BaseDeepClusterer):
             stage.step(loss)
             if stage.ema is not None:  # the weights become their moving average
                 with torch.no_grad():
-                    for parameter, average in zip(stage.ema.source, stage.ema.average):
+                    for parameter, average in zip(stage.ema.source, stage.ema.average, strict=True):
                         parameter.copy_(average)
             loss_sum += loss.item()
             n_updates += 1

@@ -438,7 +438,7 @@ class TEMIClusterer(BaseDeepClusterer):
             log_prior = pairs.prior.log()
             teacher_x, teacher_y = teacher_logits.chunk(2, dim=1)
             stage.zero_grad()
-            for group, heads in zip(student.groups, student.slices):
+            for group, heads in zip(student.groups, student.slices, strict=True):
                 with stage.autocast():
                     student_x, student_y = group(inputs).chunk(2, dim=1)
                 head_losses = temi_pair_loss(

@@ -172,17 +172,17 @@ class HeadGroups(nn.Module):
         self.group_sizes = list(group_sizes)
         self.n_heads = sum(group_sizes)
         starts = torch.tensor([0, *group_sizes]).cumsum(0)
-        self.slices = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        self.slices = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
     def _over_heads(self, method, x, heads):
         if heads is None:
             return torch.cat([getattr(group, method)(x) for group in self.groups])
         heads = [int(h) for h in heads]
         outputs = {}
-        for group, part in zip(self.groups, self.slices):
+        for group, part in zip(self.groups, self.slices, strict=True):
             local = [h - part.start for h in heads if part.start <= h < part.stop]
             if local:
-                for h, out in zip(local, getattr(group, method)(x, heads=local)):
+                for h, out in zip(local, getattr(group, method)(x, heads=local), strict=True):
                     outputs[h + part.start] = out
         return torch.stack([outputs[h] for h in heads])
 
