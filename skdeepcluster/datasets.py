@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_digits
 
 __all__ = ["load_digits_images", "load_fashion_mnist", "list_image_files", "IMAGE_EXTENSIONS"]
 
@@ -53,6 +52,8 @@ def load_digits_images():
     >>> images.shape, images.dtype, int(images.max())
     ((1797, 8, 8), dtype('uint8'), 255)
     """
+    from sklearn.datasets import load_digits  # here: sklearn.datasets is slow to import
+
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     return images, digits.target.astype(np.int64)

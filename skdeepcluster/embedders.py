@@ -12,12 +12,10 @@ from numbers import Integral
 
 import numpy as np
 import torch
-import torchvision
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from .base import resolve_device
 from .data import check_images
@@ -123,7 +121,17 @@ def _build_efficientnet_lite0(weights_path):
     return _EfficientNetFeatures(network)
 
 
+def _tf():
+    """``torchvision.transforms.v2.functional``, imported on first use (importing torchvision
+    takes seconds, which ``import skdeepcluster`` should not pay)."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
+
+
 def _resolve_torchvision_weights(name, weights):
+    import torchvision
+
     if weights is None or not isinstance(weights, str):
         return weights
     if "." in weights:
@@ -275,6 +283,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             preprocessing["image_size"] = DEFAULT_IMAGE_SIZE
         if backbone == EFFICIENTNET_LITE0:
             return _build_efficientnet_lite0(self.weights_path), preprocessing
+        import torchvision
+
         try:
             builder = torchvision.models.get_model_builder(backbone)
         except ValueError:
@@ -353,6 +363,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------ preprocessing
     def _preprocess(self, batch):
         """Float [0, 1] batch (B, C, H, W) → network input (B, 3, S, S), or one file image."""
+        TF = _tf()
         if self.model_ is None:  # pixels
             size = self.preprocessing_["image_size"]
             if size is not None and batch.shape[-2:] != (size, size):
@@ -388,6 +399,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         size = self._file_size()
         if size is not None:
+            TF = _tf()
             tensor = TF.center_crop(TF.resize(tensor, size, antialias=True), size)
         return self._preprocess(tensor)
 

@@ -2,7 +2,6 @@
 
 import warnings
 
-import faiss
 import numpy as np
 
 __all__ = ["train_pca_whitening", "pca_whiten", "kmeans", "warn_if_few_points"]
@@ -50,6 +49,8 @@ def train_pca_whitening(features, n_components=256):
     mean = features.mean(axis=0, dtype=np.float64)
     centred = np.ascontiguousarray(features - mean, dtype=np.float32)
     n_components = min(n_components, *features.shape)
+    import faiss  # here, not at module level: importing skdeepcluster stays fast (issue 15)
+
     matrix = faiss.PCAMatrix(features.shape[1], n_components, -0.5)
     matrix.train(centred)
     eigenvalues = np.clip(faiss.vector_to_array(matrix.eigenvalues), 0.0, None)
@@ -99,6 +100,8 @@ def kmeans(features, n_clusters, *, n_iter=20, seed=0, spherical=False, verbose=
     objective : float
         Sum of squared distances of the final assignment.
     """
+    import faiss  # here, not at module level: importing skdeepcluster stays fast (issue 15)
+
     features = np.ascontiguousarray(features, dtype=np.float32)
     n, d = features.shape
     model = faiss.Kmeans(

@@ -4,7 +4,6 @@ The vectors are L2-normalised, so the inner product is the cosine similarity. Qu
 chunks of ``batch_size`` rows: memory is O(n * d + batch_size * k), never O(n^2).
 """
 
-import faiss
 import numpy as np
 
 __all__ = ["mine_neighbors"]
@@ -24,6 +23,8 @@ def _normalized_float32(X, batch_size):
 
 
 def _build_index(vectors, index, n_neighbors):
+    import faiss  # here, not at module level: importing skdeepcluster stays fast (issue 15)
+
     n, d = vectors.shape
     if index == "auto":
         index = "approximate" if n > APPROXIMATE_INDEX_THRESHOLD else "exact"

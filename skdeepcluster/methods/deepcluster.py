@@ -4,11 +4,9 @@ import functools
 import time
 from numbers import Integral, Real
 
-import faiss
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -92,6 +90,8 @@ class _NearestCentroid(nn.Module):
     """The final clustering as a frozen module: PCA-whitening, L2 normalisation, centroids."""
 
     def __init__(self, matrix, centroids, variance):
+        import faiss  # here, not at module level: importing skdeepcluster stays fast (issue 15)
+
         super().__init__()
         projection = faiss.vector_to_array(matrix.A).reshape(matrix.d_out, matrix.d_in)
         self.register_buffer("projection", torch.from_numpy(projection.copy()))
@@ -467,6 +467,8 @@ class DeepClusterer(BaseDeepClusterer):
         whitened, _ = pca_whiten(features, matrix=matrix)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))  # fresh seed per call
         if self.clustering == "kmeans" and final:
+            from sklearn.cluster import KMeans  # here: importing skdeepcluster stays fast
+
             model = KMeans(n_clusters, n_init=self.n_init, random_state=seed).fit(whitened)
             labels = model.labels_.astype(np.int64)
             centroids = model.cluster_centers_.astype(np.float32)

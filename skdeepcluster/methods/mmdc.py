@@ -6,7 +6,6 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 from torch.nn import functional as F
@@ -557,6 +556,8 @@ class MMDCClusterer(BaseDeepClusterer):
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         # k-means++ with 10 restarts, as the authors' sklearn call: a single random start
         # flips a large share of the labels from one epoch to the next.
+        from sklearn.cluster import KMeans  # here: importing skdeepcluster stays fast
+
         labels = KMeans(self.n_clusters, n_init=10, random_state=seed).fit_predict(outputs)
         # the alignment maximising agreement with the current components (Hungarian)
         overlap = _overlap(labels, targets.components.numpy(), self.n_clusters)

@@ -16,7 +16,6 @@ import math
 
 import torch
 from torch.nn import functional as F
-from torchvision.transforms.v2 import functional as TF
 
 __all__ = [
     "random_resized_crop",
@@ -28,7 +27,6 @@ __all__ = [
     "rand_augment",
     "rotate_quarters",
     "weak_augment",
-    "simclr_augment",
     "strong_augment",
     "RAND_AUGMENT_OPS",
 ]
@@ -106,6 +104,8 @@ def apply_user_augmentation(function, batch, generator):
 
 
 def _grey(x):
+    from torchvision.transforms.v2 import functional as TF  # here: import stays fast
+
     return TF.rgb_to_grayscale(x) if x.shape[1] == 3 else x
 
 
@@ -174,14 +174,16 @@ def gaussian_noise(x, generator, std=0.05):
 
 
 def cutout(x, generator, size=0.5):
-    """Zero one square of side ``size`` × image side, centred uniformly (may be clipped)."""
+    """Zero one square of side ``size`` × image side (at least one pixel), centred uniformly
+    (may be clipped at the border)."""
     n, _, height, width = x.shape
     side_h, side_w = max(1, round(size * height)), max(1, round(size * width))
     cy = torch.randint(height, (n,), generator=generator).to(x.device).view(-1, 1, 1)
     cx = torch.randint(width, (n,), generator=generator).to(x.device).view(-1, 1, 1)
-    rows = torch.arange(height, device=x.device).view(1, -1, 1)
-    cols = torch.arange(width, device=x.device).view(1, 1, -1)
-    inside = ((rows - cy).abs() * 2 < side_h) & ((cols - cx).abs() * 2 < side_w)
+    rows = torch.arange(height, device=x.device).view(1, -1, 1) - (cy - side_h // 2)
+    cols = torch.arange(width, device=x.device).view(1, 1, -1) - (cx - side_w // 2)
+    # rows and columns [centre - side // 2, centre - side // 2 + side): exactly ``side`` wide
+    inside = (rows >= 0) & (rows < side_h) & (cols >= 0) & (cols < side_w)
     return x.masked_fill(inside.unsqueeze(1), 0.0)
 
 
@@ -213,6 +215,8 @@ def _autocontrast(x):
 
 
 def _equalize(x):
+    from torchvision.transforms.v2 import functional as TF  # here: import stays fast
+
     return TF.equalize((x * 255).round().to(torch.uint8)).float() / 255
 
 
@@ -289,14 +293,6 @@ def rotate_quarters(x):
 def weak_augment(x, generator, flip=True, scale=(0.5, 1.0)):
     """Random resized crop and (optional) horizontal flip: the usual training augmentation."""
     return random_resized_crop(x, generator, scale=scale, flip_p=0.5 if flip else 0.0)
-
-
-def simclr_augment(x, generator, flip=True):
-    """SimCLR views: crop (scale 0.2-1), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8,
-    grayscale with p = 0.2 (saturation, hue and grayscale are no-ops on grey images)."""
-    x = random_resized_crop(x, generator, scale=(0.2, 1.0), flip_p=0.5 if flip else 0.0)
-    x = color_jitter(x, generator, 0.4, 0.4, 0.4, 0.1, p=0.8)
-    return random_grayscale(x, generator, p=0.2)
 
 
 def strong_augment(x, generator, flip=True, n_ops=4, cutout_size=0.5):
