@@ -3,6 +3,8 @@
 * :class:`ClusterGridDisplay`: the most confident images of each cluster, one row per cluster.
 * :class:`ClusterConfusionDisplay`: classes against clusters, the clusters ordered by the class
   they are matched to (Hungarian or majority matching).
+* :func:`contact_sheet`: image files as a grid of equal cells, with Pillow only (the command
+  line's ``cluster_<k>.png``).
 
 matplotlib is imported only when a picture is drawn: ``pip install 'skdeepcluster[pictures]'``.
 """
@@ -13,7 +15,7 @@ from sklearn.metrics.cluster import contingency_matrix
 from .data import check_images, is_image_array
 from .metrics import cluster_to_class_mapping
 
-__all__ = ["ClusterGridDisplay", "ClusterConfusionDisplay"]
+__all__ = ["ClusterGridDisplay", "ClusterConfusionDisplay", "contact_sheet"]
 
 
 def _pyplot():
@@ -48,6 +50,88 @@ def _as_float_hwc(image):
     image = np.asarray(image)
     scaled = image.astype(np.float64) / (255.0 if image.dtype.kind in "ui" else 1.0)
     return np.clip(scaled, 0.0, 1.0).transpose(1, 2, 0)
+
+
+def _fit_to_cell(image, cell_size):
+    """A Pillow image scaled, aspect kept, so that its longer side is ``cell_size``.
+
+    Small images are enlarged, not left small in the middle of the cell. An image at most half
+    the cell is enlarged by an integer factor with nearest-neighbour first, so its pixels stay
+    sharp squares instead of a blur; the last step (a factor below 2, or any reduction) uses
+    Lanczos.
+    """
+    from PIL import Image
+
+    longest = max(image.width, image.height)
+    if longest == cell_size:
+        return image
+    if 2 * longest <= cell_size:
+        factor = cell_size // longest
+        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+        longest *= factor
+    scale = cell_size / longest
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if size == image.size else image.resize(size, Image.LANCZOS)
+
+
+def contact_sheet(paths, *, columns=8, cell_size=96, padding=4, background="white"):
+    """Draw image files as a grid of ``cell_size``-pixel cells (Pillow only, no matplotlib).
+
+    Each image is oriented by its EXIF tag, converted to RGB and scaled, aspect kept, so that
+    its longer side fills the cell: large images are reduced (Lanczos), small ones enlarged
+    (nearest-neighbour by an integer factor when at most half the cell, so pixels stay sharp,
+    then Lanczos). A file that cannot be read leaves its cell blank.
+
+    Parameters
+    ----------
+    paths : list of str or path-like
+        The image files, in the order of the cells (row by row).
+    columns : int, default=8
+        Cells per row.
+    cell_size : int, default=96
+        Side of a cell in pixels.
+    padding : int, default=4
+        Background pixels around and between the cells.
+    background : str or tuple, default="white"
+        Colour of the background (a Pillow colour).
+
+    Returns
+    -------
+    sheet : PIL.Image.Image
+        The RGB picture; ``sheet.save(path)`` writes it.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from skdeepcluster.display import contact_sheet
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.png")
+    >>> Image.new("RGB", (25, 25), "red").save(path)
+    >>> sheet = contact_sheet([path], columns=1, cell_size=96, padding=0)
+    >>> sheet.size, sheet.getpixel((1, 1)), sheet.getpixel((94, 94))
+    ((96, 96), (255, 0, 0), (255, 0, 0))
+    """
+    from PIL import Image, ImageOps
+
+    if int(columns) < 1 or int(cell_size) < 1 or int(padding) < 0:
+        raise ValueError(
+            f"columns and cell_size must be at least 1 and padding at least 0; got "
+            f"columns={columns}, cell_size={cell_size}, padding={padding}."
+        )
+    step = cell_size + padding
+    rows = max(1, -(-len(paths) // columns))
+    sheet = Image.new("RGB", (columns * step + padding, rows * step + padding), background)
+    for position, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                image = _fit_to_cell(ImageOps.exif_transpose(image).convert("RGB"), cell_size)
+        except (OSError, ValueError, SyntaxError):  # unreadable (or changed) file: a blank cell
+            continue
+        row, column = divmod(position, columns)
+        left = padding + column * step + (cell_size - image.width) // 2
+        top = padding + row * step + (cell_size - image.height) // 2
+        sheet.paste(image, (left, top))
+    return sheet
 
 
 class ClusterGridDisplay:

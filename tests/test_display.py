@@ -109,3 +109,50 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"skdeepcluster\[pictures\]"):
         ClusterConfusionDisplay.from_predictions([0, 1], [1, 0])
+
+
+# ---------------------------------------------------------------------- contact sheets (Pillow)
+def _sheet_of_one(tmp_path, image, cell_size=96):
+    from skdeepcluster.display import contact_sheet
+
+    path = tmp_path / "image.png"
+    image.save(path)
+    return np.asarray(contact_sheet([path], columns=1, cell_size=cell_size, padding=0))
+
+
+def test_contact_sheet_enlarges_a_small_image_to_the_cell(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    sheet = _sheet_of_one(tmp_path, Image.new("RGB", (25, 25), (200, 0, 0)))
+    assert sheet.shape == (96, 96, 3)
+    red = (sheet[..., 0] > 150) & (sheet[..., 1] < 60) & (sheet[..., 2] < 60)
+    assert red.mean() > 0.95  # it was 25² / 96² = 7 % of the cell
+
+
+def test_contact_sheet_keeps_tiny_pixels_sharp_and_the_aspect(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    checker = (np.indices((4, 4)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    sheet = _sheet_of_one(tmp_path, Image.fromarray(checker))
+    # nearest-neighbour: 24x24 blocks of pure black or white, no blurred edges
+    assert set(np.unique(sheet)) == {0, 255}
+    assert np.array_equal(sheet[::24, ::24, 0], checker)
+    wide = _sheet_of_one(tmp_path, Image.new("RGB", (40, 10), (0, 0, 200)))
+    blue = (wide[..., 2] > 150) & (wide[..., 0] < 60)
+    rows, columns = np.flatnonzero(blue.any(axis=1)), np.flatnonzero(blue.any(axis=0))
+    assert columns.size == 96 and 22 <= rows.size <= 26  # 4:1 kept, the long side fills
+
+
+def test_contact_sheet_reduces_large_images_and_blanks_unreadable_files(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    from skdeepcluster.display import contact_sheet
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 150), (0, 150, 0)).save(big)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    sheet = np.asarray(contact_sheet([big, broken], columns=2, cell_size=50, padding=2))
+    assert sheet.shape == (54, 106, 3)
+    cell = sheet[2:52, 2:52]
+    assert ((cell[..., 1] > 100) & (cell[..., 0] < 60)).sum() == 50 * 25  # 2:1 kept
+    assert (sheet[2:52, 54:104] == 255).all()  # blank cell
+    with pytest.raises(ValueError, match="cell_size"):
+        contact_sheet([big], cell_size=0)
