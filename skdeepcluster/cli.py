@@ -6,8 +6,13 @@ Subcommands:
 * ``cluster PATH``: cluster a folder of images; write ``labels.csv`` and one contact sheet per
   cluster.
 
-Results are written only once training is over. Ctrl-C stops the command with exit status 130
-and a line saying what was written: nothing when it came during embedding or training.
+Everything that can be checked is checked before a network is loaded: the options (a bad value
+is a usage error of its subcommand), the folder, the number of image files against
+``--n-clusters``, the output folder, the device and the method's parameters. Results are written
+only once training is over. Ctrl-C stops the command with exit status 130 and a line saying what
+was written: nothing when it came during embedding or training.
+
+``--help`` imports neither torch nor scikit-learn (they are imported once a command runs).
 """
 
 import argparse
@@ -16,8 +21,6 @@ import os
 import sys
 import time
 import warnings
-
-import numpy as np
 
 __all__ = ["main", "build_parser", "make_estimator", "CLI_TEMI_PARAMS", "METHODS"]
 
@@ -118,15 +121,17 @@ def _print_table(rows):
 
 
 def _run_demo(args, written):
+    import numpy as np
     from sklearn.cluster import KMeans
 
     from .datasets import load_digits_images
 
+    model = make_estimator(args.method, n_clusters=10, random_state=args.seed, device=args.device,
+                           verbose=1, n_heads=args.heads, epochs=args.epochs)
+    _check_estimator_params(model)
     images, y = load_digits_images()
     X = images.reshape(len(images), -1).astype(np.float64) / 255.0  # = pixels / 16
     print(f"Clustering the {len(X)} digits of scikit-learn (8x8 pixels, 10 classes).", flush=True)
-    model = make_estimator(args.method, n_clusters=10, random_state=args.seed, device=args.device,
-                           verbose=1, n_heads=args.heads, epochs=args.epochs)
     started = time.perf_counter()
     model.fit(X)
     model_seconds = time.perf_counter() - started
@@ -161,28 +166,16 @@ def _run_demo(args, written):
 
 # ---------------------------------------------------------------------- cluster
 def _contact_sheet(paths, out_path, *, columns=8, thumbnail=CONTACT_SHEET_THUMBNAIL):
-    """Save the images ``paths`` as a grid of thumbnails (Pillow only)."""
-    from PIL import Image
+    """Save the images ``paths`` as a grid of ``thumbnail``-pixel cells (Pillow only)."""
+    from .display import contact_sheet
 
-    rows = max(1, -(-len(paths) // columns))
-    sheet = Image.new("RGB", (columns * (thumbnail + 4) + 4, rows * (thumbnail + 4) + 4), "white")
-    for position, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                image.thumbnail((thumbnail, thumbnail))
-                row, column = divmod(position, columns)
-                x = 4 + column * (thumbnail + 4) + (thumbnail - image.width) // 2
-                y = 4 + row * (thumbnail + 4) + (thumbnail - image.height) // 2
-                sheet.paste(image, (x, y))
-        except (OSError, ValueError):  # the file changed since it was embedded: leave a blank
-            continue
-    sheet.save(out_path)
+    contact_sheet(paths, columns=columns, cell_size=thumbnail).save(out_path)
 
 
-def _run_cluster(args, written):
+def _find_images(args):
+    """The image files of ``args.path`` and the other files (skipped); checked against
+    ``--n-clusters`` before anything is embedded."""
     from .datasets import IMAGE_EXTENSIONS, _walk_files, list_image_files
-    from .embedders import ImageEmbedder
 
     folder = args.path
     if not os.path.exists(folder):
@@ -197,10 +190,56 @@ def _run_cluster(args, written):
             f"no image files in {folder!r} (looked for {', '.join(IMAGE_EXTENSIONS)}, "
             f"recursively; {len(skipped)} other file(s))."
         )
-    print(f"Found {len(images)} image file(s) in {folder}.", flush=True)
+    if len(images) < args.n_clusters:
+        raise CommandError(
+            f"only {len(images)} image file(s) in {folder!r} for --n-clusters="
+            f"{args.n_clusters}: need at least one image per cluster."
+        )
+    return images, skipped
 
+
+def _check_output_folder(output):
+    """Fail now, not after training, when ``--output`` cannot be created or written to.
+
+    Nothing is created here: the folder is made when the results are written.
+    """
+    if os.path.exists(output):
+        if not os.path.isdir(output):
+            raise CommandError(f"--output {output!r} exists and is not a folder.")
+        if not os.access(output, os.W_OK | os.X_OK):
+            raise CommandError(f"--output {output!r} is not writable.")
+        return
+    parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(parent):  # the nearest existing ancestor will hold the new folders
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CommandError(f"cannot create --output {output!r}: {parent!r} is not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot create --output {output!r}: {parent!r} is not writable.")
+
+
+def _check_estimator_params(estimator):
+    """The estimator's own parameter validation, before any data is loaded or embedded."""
+    try:
+        estimator._validate_params()
+    except ValueError as error:  # sklearn's InvalidParameterError is a ValueError
+        raise CommandError(str(error)) from error
+
+
+def _run_cluster(args, written, images, skipped):
+    import numpy as np
+
+    from .embedders import ImageEmbedder
+
+    folder = args.path
+    estimator = make_estimator(args.method, n_clusters=args.n_clusters, random_state=args.seed,
+                               device=args.device, verbose=1, n_heads=args.heads,
+                               epochs=args.epochs)
+    _check_estimator_params(estimator)
     embedder = ImageEmbedder(args.embedder, image_size=args.image_size, batch_size=args.batch_size,
                              device=args.device, verbose=1)
+    _check_estimator_params(embedder)
+    print(f"Found {len(images)} image file(s) in {folder}.", flush=True)
     try:
         embedder.fit()
     except (ImportError, ValueError) as error:  # missing extra, unknown backbone
@@ -218,9 +257,6 @@ def _run_cluster(args, written):
             "least one image per cluster."
         )
 
-    estimator = make_estimator(args.method, n_clusters=args.n_clusters, random_state=args.seed,
-                               device=args.device, verbose=1, n_heads=args.heads,
-                               epochs=args.epochs)
     print(f"Clustering {len(paths)} images into {args.n_clusters} clusters with "
           f"{type(estimator).__name__} ...", flush=True)
     with warnings.catch_warnings(record=True) as caught:
@@ -263,12 +299,29 @@ def _run_cluster(args, written):
 
 
 # ---------------------------------------------------------------------- parser
+def _int_at_least(minimum):
+    """argparse ``type``: an int >= ``minimum``. A bad value is reported by the subcommand's
+    parser (its usage and ``skdeepcluster cluster: error: ...``)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in some messages
+    return parse
+
+
 def _add_training_options(parser, *, default_method="temi"):
     parser.add_argument("--method", default=default_method, choices=sorted(METHODS),
                         help="clustering estimator (default: %(default)s)")
-    parser.add_argument("--heads", type=int, default=None,
+    parser.add_argument("--heads", type=_int_at_least(1), default=None,
                         help=f"clustering heads (default: {CLI_TEMI_PARAMS['n_heads']} for TEMI)")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=_int_at_least(1), default=None,
                         help="max_epochs, the cap on training epochs (default: the "
                              "estimator's; its stopping rule may end training earlier)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -306,14 +359,14 @@ def build_parser():
                     "cluster, confidence) and one contact sheet per cluster into --output.",
     )
     cluster.add_argument("path", help="folder of images")
-    cluster.add_argument("--n-clusters", type=int, default=10,
+    cluster.add_argument("--n-clusters", type=_int_at_least(2), default=10,
                          help="number of clusters (default: 10)")
     cluster.add_argument("--embedder", default="efficientnet-lite0",
                          help="efficientnet-lite0 (pretrained, default), pixels, or a torchvision "
                               "model name")
-    cluster.add_argument("--image-size", type=int, default=None,
+    cluster.add_argument("--image-size", type=_int_at_least(1), default=None,
                          help="side of the images given to the embedder (default: its own)")
-    cluster.add_argument("--batch-size", type=int, default=64,
+    cluster.add_argument("--batch-size", type=_int_at_least(1), default=64,
                          help="images per embedding batch (default: 64)")
     _add_training_options(cluster)
     return parser
@@ -335,18 +388,16 @@ def main(argv=None):
         written.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    for option in ("heads", "epochs", "n_clusters", "image_size", "batch_size"):
-        value = getattr(args, option, None)
-        if value is not None and value < (2 if option == "n_clusters" else 1):
-            parser.error(f"--{option.replace('_', '-')} must be at least "
-                         f"{2 if option == 'n_clusters' else 1}, got {value}.")
+    args = parser.parse_args(argv)  # before any heavy import: --help and usage errors are fast
     written = []  # output files, each added as it is started
     try:
+        # The cheap checks first (files and folders), then the device (imports torch).
+        found = _find_images(args) if args.command == "cluster" else None
+        _check_output_folder(args.output)
         _check_device(args.device)
         if args.command == "demo":
             return _run_demo(args, written)
-        return _run_cluster(args, written)
+        return _run_cluster(args, written, *found)
     except CommandError as error:
         print(f"skdeepcluster: error: {error}", file=sys.stderr)
         return 1

@@ -1,7 +1,9 @@
 """The ``skdeepcluster`` command line, end to end on real images written to a temporary folder."""
 
 import csv
+import os
 import runpy
+import subprocess
 import sys
 
 import numpy as np
@@ -96,10 +98,93 @@ def test_bad_device_and_embedder_fail_before_work(image_folder, capsys):
 
 
 def test_too_few_readable_images(image_folder, tmp_path, capsys):
-    status = main(["cluster", str(image_folder), "--n-clusters", "40", "--embedder", "pixels",
+    # 31 image file names (one of them corrupt): the count passes, the readable 30 do not
+    status = main(["cluster", str(image_folder), "--n-clusters", "31", "--embedder", "pixels",
                    "--output", str(tmp_path / "out"), *FAST])
     assert status == 1
     assert "only 30 readable image(s)" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_embedding(monkeypatch):
+    """Make loading or running the embedder fail the test: what is checked before it runs."""
+    from skdeepcluster.embedders import ImageEmbedder
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the embedder ran before the input was checked")
+
+    monkeypatch.setattr(ImageEmbedder, "fit", forbidden)
+    monkeypatch.setattr(ImageEmbedder, "embed_files", forbidden)
+    monkeypatch.setattr(ImageEmbedder, "transform", forbidden)
+
+
+def test_too_many_clusters_fail_before_embedding(image_folder, tmp_path, capsys, no_embedding):
+    status = main(["cluster", str(image_folder), "--n-clusters", "300", "--embedder", "pixels",
+                   "--output", str(tmp_path / "out"), *FAST])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "only 31 image file(s)" in err and "--n-clusters=300" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_output_folder_fails_before_embedding(image_folder, tmp_path, capsys, no_embedding):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    for output, message in [(a_file, "exists and is not a folder"),
+                            (a_file / "sub" / "dir", "is not a folder")]:
+        status = main(["cluster", str(image_folder), "--n-clusters", "3", "--embedder", "pixels",
+                       "--output", str(output), *FAST])
+        assert status == 1
+        assert message in capsys.readouterr().err
+    if os.name == "posix" and os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            status = main(["cluster", str(image_folder), "--n-clusters", "3", "--embedder",
+                           "pixels", "--output", str(locked / "out"), *FAST])
+            assert status == 1
+            assert "not writable" in capsys.readouterr().err
+        finally:
+            locked.chmod(0o700)
+
+
+def test_bad_device_fails_before_embedding(image_folder, tmp_path, capsys, no_embedding):
+    status = main(["cluster", str(image_folder), "--device", "no-such-device",
+                   "--output", str(tmp_path / "out")])
+    assert status == 1
+    assert "--device no-such-device" in capsys.readouterr().err
+
+
+def test_bad_option_value_prints_the_subcommand_usage(capsys):
+    for option, value in [("--n-clusters", "0"), ("--n-clusters", "1"), ("--heads", "0"),
+                          ("--batch-size", "-3"), ("--image-size", "x")]:
+        with pytest.raises(SystemExit) as info:
+            main(["cluster", ".", option, value])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage: skdeepcluster cluster "), err
+        assert f"skdeepcluster cluster: error: argument {option}" in err
+    with pytest.raises(SystemExit):
+        main(["demo", "--epochs", "0"])
+    assert "usage: skdeepcluster demo " in capsys.readouterr().err
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    # --help must be fast: the command line parses its arguments before importing torch.
+    code = (
+        "import sys\n"
+        "from skdeepcluster.cli import main\n"
+        "for argv in (['--help'], ['cluster', '--help'], ['cluster', '.', '--n-clusters', '0']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'sklearn', 'numpy') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
 
 
 def test_bad_options_are_usage_errors(capsys):
@@ -115,7 +200,9 @@ def test_make_estimator_looks_methods_up_by_name(monkeypatch):
     assert type(model).__name__ == "TEMIClusterer"
     assert model.n_heads == CLI_TEMI_PARAMS["n_heads"] and model.n_clusters == 4
     assert make_estimator("temi", n_clusters=4, n_heads=3, epochs=7).max_epochs == 7
+    # an installation without the class: neither loaded nor loadable on first access
     monkeypatch.delattr(skdeepcluster, "SCANClusterer", raising=False)
+    monkeypatch.delitem(skdeepcluster._EXPORTS, "SCANClusterer")
     with pytest.raises(CommandError, match="SCANClusterer"):
         make_estimator("scan", n_clusters=3)
 
