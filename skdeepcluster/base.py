@@ -23,7 +23,13 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClusterMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -36,12 +42,20 @@ from .engine import PRECISIONS, Trainer, autocast, resolve_device, resolve_preci
 __all__ = ["BaseDeepClusterer", "resolve_device"]
 
 
-class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
+class BaseDeepClusterer(
+    ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator,
+    metaclass=ABCMeta,
+):
     """Base class of the deep clustering estimators. Not for direct use.
 
     Parameters shared by every estimator: ``n_clusters``, ``backbone``, ``max_epochs``,
     ``batch_size``, ``lr``, ``weight_decay``, ``tol``, ``n_iter_no_change``, ``precision``,
     ``device``, ``random_state``, ``verbose``.
+
+    A clusterer and a transformer, like :class:`~sklearn.cluster.KMeans`: ``transform`` gives
+    the learned representation, named ``<classname>0``, ``<classname>1``, ... by
+    ``get_feature_names_out``, and ``set_output(transform="pandas")`` makes ``transform`` and
+    ``fit_transform`` return DataFrames (standalone or in a Pipeline).
     """
 
     _parameter_constraints: dict = {
@@ -72,7 +86,16 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
         # transform returns float32 whatever the input dtype.
         tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
         tags.input_tags.allow_nan = False
+        tags.input_tags.three_d_array = True  # (n, H, W) images; 4-d image arrays too
         return tags
+
+    @property
+    def _n_features_out(self):
+        """Width of ``transform``'s output (for ``get_feature_names_out``); set by ``fit``."""
+        try:
+            return self._transform_width_
+        except AttributeError:  # unfitted: check_is_fitted reads this as "not fitted"
+            raise AttributeError("_n_features_out") from None
 
     def _validate_input(self, X, *, reset):
         """Validate X; return a float 2-d array (features) or an (n, C, H, W) view (images)."""
@@ -148,6 +171,9 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
                     del self._trainer
             self.n_iter_ = int(sum(trainer.n_epochs.values()))
             self.labels_ = self._apply_batched(X, self._predict_tensor).astype(np.int64)
+            self._transform_width_ = int(
+                self._apply_batched(X[:1], self._transform_tensor, batch_size=1).shape[1]
+            )
             self._warn_if_degenerate(self.labels_)
         except BaseException:
             # Ctrl-C (KeyboardInterrupt) or any error: no half-fitted estimator is left behind.
@@ -310,12 +336,27 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
         X_new : ndarray of shape (n_samples, n_components), float32
         """
         check_is_fitted(self)
+        return self._transform(X)
+
+    def _transform(self, X):
+        # unwrapped by set_output, so that fit_transform converts its output once
         X = self._validate_input(X, reset=False)
         return self._apply_batched(X, self._transform_tensor)
 
     def fit_transform(self, X, y=None):
-        """Fit on X and return ``transform(X)``."""
-        return self.fit(X).transform(X)
+        """Fit on X and return ``transform(X)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features) or image array
+        y : Ignored
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components), float32
+            A DataFrame after ``set_output(transform="pandas")``.
+        """
+        return self.fit(X)._transform(X)
 
     def score(self, X, y=None):
         """Label-free quality of the clustering of X; higher is better.
@@ -324,7 +365,9 @@ class BaseDeepClusterer(ClusterMixin, BaseEstimator, metaclass=ABCMeta):
         ``H(mean_x p(c|x)) - mean_x H(p(c|x))``, in nats. It is high when the predictions are
         confident (low conditional entropy) and the clusters evenly used (high marginal entropy),
         the two criteria TEMI's authors use to choose ``beta`` without labels. ``y`` is ignored,
-        so ``GridSearchCV`` can select parameters without labels.
+        so ``GridSearchCV`` can select parameters without labels: compare fits with the same
+        ``n_clusters`` only (the score is at most ``log n_clusters``, so it favours more
+        clusters). The class's Notes say which parameters it may choose.
 
         Parameters
         ----------

@@ -252,6 +252,12 @@ class ADCClusterer(BaseDeepClusterer):
     matrices of size ``(n_augmentations · batch_size)²``; nothing of size n×n. The k-means
     initialisation is faiss on the training embeddings.
 
+    Model selection without labels: ``score`` (the mutual information between samples and
+    clusters, at most ``log n_clusters`` nats) may compare fits with the same ``n_clusters`` —
+    ``lr``, ``embedding_dim``, the loss weights ``alpha`` … ``delta``, ``visit_weight``,
+    ``max_epochs`` — but not choose ``n_clusters``: its ceiling grows with K. See the
+    "Evaluating" page of the user guide.
+
     Examples
     --------
     >>> from sklearn.datasets import load_digits

@@ -318,6 +318,12 @@ class DeepClusterer(BaseDeepClusterer):
     kmeans_n_iter) (or PIC: a batched faiss kNN search and ``pic_n_iter`` sparse products), one
     training pass. Nothing of size n × n is built.
 
+    Model selection without labels: ``score`` (minus the k-means objective in the learned,
+    whitened space) may compare fits with the same ``n_clusters`` and ``n_components`` — ``lr``,
+    ``momentum``, ``weight_decay``, ``reassign``, ``n_pseudo_labels``, ``max_epochs`` — but not
+    choose ``n_clusters`` (more centroids always lower the objective) nor ``n_components`` (the
+    dimension sets its scale). See the "Evaluating" page of the user guide.
+
     Examples
     --------
     >>> from sklearn.datasets import load_digits
@@ -646,6 +652,9 @@ class DeepClusterer(BaseDeepClusterer):
         """Minus the mean squared distance of X to its nearest centroid (label-free).
 
         The k-means objective (Eq. 2) of X in the learned, whitened space; higher is better.
+        It may compare fits with the same ``n_clusters`` and ``n_components`` (e.g. ``lr``,
+        ``reassign``), not choose those two: more centroids always lower the objective, and the
+        dimension sets its scale (see the class's Notes).
 
         Parameters
         ----------

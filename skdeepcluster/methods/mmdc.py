@@ -331,6 +331,13 @@ class MMDCClusterer(BaseDeepClusterer):
     4 + 2 forward/backward passes over the data with the rotation task; the assignment is
     O(batch_size³) per batch, never n×n.
 
+    Model selection without labels: ``score`` (minus the mean distance of the outputs to
+    their nearest mixture mean) may compare fits with the same ``n_clusters`` and targets —
+    ``lr``, ``momentum``, ``weight_decay``, ``rotation_task``, ``max_epochs`` — but not choose
+    ``n_clusters`` (more means are closer to every output), ``sigma``, ``target_dim`` or
+    ``means`` (they move the targets it measures against). See the "Evaluating" page of the
+    user guide.
+
     Examples
     --------
     >>> from sklearn.datasets import load_digits
@@ -584,6 +591,10 @@ class MMDCClusterer(BaseDeepClusterer):
 
     def score(self, X, y=None):
         """Negative mean distance of the outputs to their nearest mixture mean (label free).
+
+        It may compare fits with the same ``n_clusters``, ``sigma``, ``target_dim`` and
+        ``means`` (e.g. ``lr``, ``rotation_task``), not choose those: they move the targets it
+        measures against (see the class's Notes).
 
         Parameters
         ----------

@@ -330,6 +330,12 @@ class SCANClusterer(BaseDeepClusterer):
     ``(n_samples, n_heads, n_clusters)`` probabilities; mining is batched faiss, never an n×n
     matrix.
 
+    Model selection without labels: ``score`` (minus the SCAN loss on X's own neighbours) may
+    compare fits with the same ``n_clusters`` and ``n_neighbors`` — ``entropy_weight``, ``lr``,
+    ``max_epochs``, ``confidence_threshold``, the self-labelling settings — but not choose
+    ``n_clusters`` (the entropy term's ceiling ``log K`` grows with K) nor ``n_neighbors`` (it
+    sets the score's own neighbourhoods). See the "Evaluating" page of the user guide.
+
     Examples
     --------
     >>> from sklearn.datasets import load_digits
@@ -813,6 +819,8 @@ class SCANClusterer(BaseDeepClusterer):
         ``−mean log⟨p_x, p_neighbour⟩ − H(mean p_x)`` under ``predict_proba``. It rewards
         confident predictions shared with the neighbours and evenly used clusters, needs no
         labels, and is the criterion the paper uses to pick the best head. ``y`` is ignored.
+        It may compare fits with the same ``n_clusters`` and ``n_neighbors`` (e.g.
+        ``entropy_weight``, ``lr``), not choose those two (see the class's Notes).
 
         Parameters
         ----------

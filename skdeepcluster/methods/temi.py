@@ -208,6 +208,12 @@ class TEMIClusterer(BaseDeepClusterer):
     Training costs O(n_heads · steps · batch_size · hidden_dim · d); mining is batched faiss, never
     an n×n matrix.
 
+    Model selection without labels: ``score`` (the mutual information, at most
+    ``log n_clusters`` nats) may compare fits with the same ``n_clusters``, e.g.
+    ``GridSearchCV(TEMIClusterer(n_clusters=10), {"beta": [0.6, 0.8, 1.0]})`` without ``y``
+    (also ``lr``, ``tau``, ``n_heads``, ``n_neighbors``), but not choose ``n_clusters``: its
+    ceiling grows with K. See the "Evaluating" page of the user guide.
+
     Examples
     --------
     >>> from sklearn.datasets import load_digits
