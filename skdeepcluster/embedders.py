@@ -1,8 +1,10 @@
 """ImageEmbedder: images (arrays or files) → embeddings from a pretrained backbone.
 
 The embedder is a frozen feature extractor: ``fit`` only builds and loads the network, and
-``transform`` runs it batch by batch, so that memory holds one batch of images at a time
-whatever the number of images (file paths are opened lazily, batch by batch).
+``transform`` runs it batch by batch, so that memory holds a few batches of images at a time
+whatever the number of images. Image files are decoded lazily, batch by batch, by a
+:class:`torch.utils.data.DataLoader` whose worker processes (``n_jobs``) decode the next batches
+while the network runs on the current one.
 """
 
 import copy
@@ -33,6 +35,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_SIZE = 224
 #: Side of the images read from files by ``backbone="pixels"`` when ``image_size`` is None.
 DEFAULT_PIXELS_FILE_SIZE = 32
+
+#: Most worker processes that ``n_jobs=None`` starts to decode image files.
+DEFAULT_MAX_DECODING_WORKERS = 4
 
 # Attribute names of the final classifier in torchvision's classification models.
 _CLASSIFIER_ATTRIBUTES = ("fc", "classifier", "heads", "head")
@@ -150,12 +155,88 @@ def _remove_classifier(network, name):
     )
 
 
+def _preprocess(batch, preprocessing, pixels):
+    """Float [0, 1] batch (B, C, H, W) → network input (B, 3, S, S), or one (C, H, W) image."""
+    TF = _tf()
+    size = preprocessing["image_size"]
+    if pixels:
+        if size is not None and batch.shape[-2:] != (size, size):
+            batch = TF.center_crop(TF.resize(batch, size, antialias=True), size)
+        return batch
+    if batch.shape[-3] == 1:
+        batch = batch.expand(*batch.shape[:-3], 3, *batch.shape[-2:])
+    transforms = preprocessing["transforms"]
+    if transforms is not None:
+        return transforms(batch)
+    if size is not None and tuple(batch.shape[-2:]) != (size, size):
+        batch = TF.center_crop(TF.resize(batch, size, antialias=True), size)
+    if preprocessing["mean"] is not None:
+        batch = TF.normalize(batch, preprocessing["mean"], preprocessing["std"])
+    return batch
+
+
+def _decode_file(path):
+    """One image file → (H, W, 3) uint8 RGB array, turned upright by its EXIF orientation."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)  # a camera's portrait photo stands upright
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Image files as a map-style dataset: item i is ``(i, tensor or None, error or None)``.
+
+    Holds only the paths and the preprocessing (no network), so that it is cheap to send to
+    worker processes; a file that cannot be read becomes an error string, reported by the
+    calling process.
+    """
+
+    def __init__(self, paths, file_size, preprocessing, pixels):
+        self.paths = paths
+        self.file_size = file_size
+        self.preprocessing = preprocessing
+        self.pixels = pixels
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        try:
+            array = _decode_file(self.paths[index])
+        except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises
+            return index, None, f"{type(error).__name__}: {error}"
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+        if self.file_size is not None:
+            TF = _tf()
+            tensor = TF.center_crop(TF.resize(tensor, self.file_size, antialias=True),
+                                    self.file_size)
+        return index, _preprocess(tensor, self.preprocessing, self.pixels), None
+
+
+def _collate_files(items):
+    """A batch of ``_ImageFiles`` items → (indices read, stacked tensor or None, errors)."""
+    indices = [index for index, tensor, _ in items if tensor is not None]
+    tensors = [tensor for _, tensor, _ in items if tensor is not None]
+    errors = [(index, error) for index, tensor, error in items if tensor is None]
+    return indices, (torch.stack(tensors) if tensors else None), errors
+
+
+def _n_workers(n_jobs):
+    """Decoding worker processes for ``n_jobs`` (None: min(4, CPUs); -1: every CPU)."""
+    cpus = os.cpu_count() or 1
+    if n_jobs is None:
+        return min(DEFAULT_MAX_DECODING_WORKERS, cpus)
+    return cpus if n_jobs == -1 else int(n_jobs)
+
+
 class ImageEmbedder(TransformerMixin, BaseEstimator):
     """Embed images with a frozen, pretrained network (its classifier removed).
 
     The input is an image array in any layout of the library — ``(n, H, W)``, ``(n, H, W, C)``
     or ``(n, C, H, W)``; ``uint8`` in [0, 255], float in [0, 1] — or a list of image file paths,
-    read lazily batch by batch with Pillow. Grey images are repeated to 3 channels, resized and
+    decoded lazily batch by batch with Pillow (in ``n_jobs`` worker processes), each turned
+    upright by its EXIF orientation tag. Grey images are repeated to 3 channels, resized and
     normalised with the backbone's preprocessing, and the pooled features before the classifier
     are returned. Put it in front of a clusterer in a :class:`~sklearn.pipeline.Pipeline`.
 
@@ -191,6 +272,13 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         statistics for torchvision weights). Ignored by ``"pixels"``.
     batch_size : int, default=64
         Images per forward pass; bounds the memory used.
+    n_jobs : int or None, default=None
+        Worker processes decoding image files (a :class:`~torch.utils.data.DataLoader`'s
+        ``num_workers``); each decodes whole batches, at most two ahead of the network.
+        ``0``: decode in the calling process, one batch at a time. ``-1``: one worker per CPU.
+        None: ``min(4, os.cpu_count())`` — decoding and resizing JPEGs is usually slower than
+        a small network, and four workers keep it fed without taking every core. Image arrays
+        are never sent to workers. The result does not depend on ``n_jobs``.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else CPU.
     verbose : int, default=0
@@ -231,6 +319,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         "image_size": [Interval(Integral, 1, None, closed="left"), None],
         "normalize": ["boolean"],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "n_jobs": [Interval(Integral, -1, None, closed="left"), None],
         "device": [str, torch.device],
         "verbose": ["verbose"],
     }
@@ -244,6 +333,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         image_size=None,
         normalize=True,
         batch_size=64,
+        n_jobs=None,
         device="auto",
         verbose=0,
     ):
@@ -253,6 +343,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.image_size = image_size
         self.normalize = normalize
         self.batch_size = batch_size
+        self.n_jobs = n_jobs
         self.device = device
         self.verbose = verbose
 
@@ -362,24 +453,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ preprocessing
     def _preprocess(self, batch):
-        """Float [0, 1] batch (B, C, H, W) → network input (B, 3, S, S), or one file image."""
-        TF = _tf()
-        if self.model_ is None:  # pixels
-            size = self.preprocessing_["image_size"]
-            if size is not None and batch.shape[-2:] != (size, size):
-                batch = TF.center_crop(TF.resize(batch, size, antialias=True), size)
-            return batch
-        if batch.shape[-3] == 1:
-            batch = batch.expand(*batch.shape[:-3], 3, *batch.shape[-2:])
-        transforms = self.preprocessing_["transforms"]
-        if transforms is not None:
-            return transforms(batch)
-        size = self.preprocessing_["image_size"]
-        if size is not None and tuple(batch.shape[-2:]) != (size, size):
-            batch = TF.center_crop(TF.resize(batch, size, antialias=True), size)
-        if self.preprocessing_["mean"] is not None:
-            batch = TF.normalize(batch, self.preprocessing_["mean"], self.preprocessing_["std"])
-        return batch
+        return _preprocess(batch, self.preprocessing_, pixels=self.model_ is None)
 
     def _file_size(self):
         if self.preprocessing_["transforms"] is not None:
@@ -388,20 +462,6 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         if size is None:
             return DEFAULT_PIXELS_FILE_SIZE if self.model_ is None else DEFAULT_IMAGE_SIZE
         return size
-
-    def _load_file(self, path):
-        """One image file → preprocessed (C, S, S) float tensor (RGB)."""
-        from PIL import Image
-
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            array = np.asarray(image, dtype=np.uint8)
-        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-        size = self._file_size()
-        if size is not None:
-            TF = _tf()
-            tensor = TF.center_crop(TF.resize(tensor, size, antialias=True), size)
-        return self._preprocess(tensor)
 
     # ------------------------------------------------------------------ embedding
     def _forward(self, batch, device):
@@ -420,8 +480,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 flush=True,
             )
 
-    def _embed_batches(self, n_items, load_batch):
-        """Run ``load_batch(start, stop) -> tensor or None`` over all items; collect outputs."""
+    def _embed_batches(self, n_items, batches):
+        """Run the network on ``batches``, an iterable of ``(n_done, tensor or None)`` covering
+        ``n_items`` items in order; collect the outputs."""
         device = resolve_device(self.device)
         if self.model_ is not None:
             self.model_.to(device).eval()
@@ -430,13 +491,11 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         n_batches = -(-n_items // self.batch_size)
         report_every = max(1, n_batches // 10)
         with torch.inference_mode():
-            for batch_index, start in enumerate(range(0, n_items, self.batch_size)):
-                stop = min(start + self.batch_size, n_items)
-                batch = load_batch(start, stop)
+            for batch_index, (done, batch) in enumerate(batches):
                 if batch is not None:
                     outputs.append(self._forward(batch.to(device), device).numpy())
-                if (batch_index + 1) % report_every == 0 or stop == n_items:
-                    self._report(stop, n_items, started)
+                if (batch_index + 1) % report_every == 0 or done == n_items:
+                    self._report(done, n_items, started)
         return outputs
 
     def transform(self, X):
@@ -464,12 +523,14 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         if kind == "files":
             return self.embed_files(data)[0]
 
-        def load_batch(start, stop):
-            rows = torch.from_numpy(np.ascontiguousarray(data[start:stop]))
-            rows = rows.float().div_(255.0) if rows.dtype == torch.uint8 else rows.float()
-            return self._preprocess(rows)
+        def batches():
+            for start in range(0, data.shape[0], self.batch_size):
+                stop = min(start + self.batch_size, data.shape[0])
+                rows = torch.from_numpy(np.ascontiguousarray(data[start:stop]))
+                rows = rows.float().div_(255.0) if rows.dtype == torch.uint8 else rows.float()
+                yield stop, self._preprocess(rows)
 
-        return np.concatenate(self._embed_batches(data.shape[0], load_batch)).astype(np.float32)
+        return np.concatenate(self._embed_batches(data.shape[0], batches())).astype(np.float32)
 
     def embed_files(self, paths, *, skip_errors=False):
         """Embed image files batch by batch, optionally skipping unreadable ones.
@@ -477,7 +538,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         paths : list of str or path-like
-            Image files. Only one batch of images is in memory at a time.
+            Image files, decoded by ``n_jobs`` worker processes; only a few batches of images
+            are in memory at a time.
         skip_errors : bool, default=False
             False: a file that cannot be decoded raises a ``ValueError`` naming it. True: it is
             left out and reported in ``errors``.
@@ -496,23 +558,28 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         if not paths:
             raise ValueError("paths is empty: no images to embed.")
         kept, errors = [], []
+        _tf()  # import torchvision here, once, not in every (forked) worker
+        n_workers = min(_n_workers(self.n_jobs), -(-len(paths) // self.batch_size))
+        loader = torch.utils.data.DataLoader(
+            _ImageFiles(paths, self._file_size(), self.preprocessing_, self.model_ is None),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=n_workers,
+            collate_fn=_collate_files,
+        )
 
-        def load_batch(start, stop):
-            tensors = []
-            for index in range(start, stop):
-                try:
-                    tensors.append(self._load_file(paths[index]))
-                except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises
+        def batches():
+            done = 0
+            for indices, batch, failed in loader:
+                for index, reason in failed:
                     if not skip_errors:
-                        raise ValueError(
-                            f"Cannot read image file {paths[index]!r}: {error}"
-                        ) from error
-                    errors.append((paths[index], f"{type(error).__name__}: {error}"))
-                    continue
-                kept.append(index)
-            return torch.stack(tensors) if tensors else None
+                        raise ValueError(f"Cannot read image file {paths[index]!r}: {reason}")
+                    errors.append((paths[index], reason))
+                kept.extend(indices)
+                done += len(indices) + len(failed)
+                yield done, batch
 
-        outputs = self._embed_batches(len(paths), load_batch)
+        outputs = self._embed_batches(len(paths), batches())
         if not outputs:
             raise ValueError(f"None of the {len(paths)} files could be read as an image.")
         embeddings = np.concatenate(outputs).astype(np.float32)

@@ -1,5 +1,6 @@
 """ImageEmbedder and the offline datasets: layouts, lazy files, local weights, real features."""
 
+import os
 import sys
 
 import joblib
@@ -148,19 +149,21 @@ def test_pickle_round_trip(tmp_path):
 def test_files_match_arrays_and_load_lazily(tmp_path, monkeypatch):
     images, _ = _digits(10)
     paths = _write_pngs(tmp_path, images)
-    embedder = ImageEmbedder(RecordingPool(), image_size=8, batch_size=3).fit(paths)
+    embedder = ImageEmbedder(RecordingPool(), image_size=8, batch_size=3, n_jobs=0).fit(paths)
     from_arrays = embedder.transform(images)
 
+    from skdeepcluster import embedders
+
     loaded = []
-    original = ImageEmbedder._load_file
+    original = embedders._decode_file
 
-    def counting_load(self, path):
+    def counting_load(path):
         loaded.append(path)
-        # Never more than one batch ahead of the forward passes.
-        assert len(loaded) <= 3 * (len(self.model_.batch_sizes) + 1)
-        return original(self, path)
+        # Never more than one batch ahead of the forward passes (n_jobs=0: no workers).
+        assert len(loaded) <= 3 * (len(embedder.model_.batch_sizes) + 1)
+        return original(path)
 
-    monkeypatch.setattr(ImageEmbedder, "_load_file", counting_load)
+    monkeypatch.setattr(embedders, "_decode_file", counting_load)
     embedder.model_.batch_sizes.clear()
     from_files = embedder.transform(paths)
     assert loaded == paths
@@ -180,6 +183,63 @@ def test_unreadable_file_raises_or_is_skipped(tmp_path):
     assert features.shape == (4, 3 * 8 * 8)
     assert kept.tolist() == [0, 1, 3, 4]
     assert [e[0] for e in errors] == [str(broken)]
+
+
+def _two_tone(width, height):
+    """A dark left half and a bright right half, as an (height, width, 3) uint8 array."""
+    array = np.full((height, width, 3), 230, dtype=np.uint8)
+    array[:, : width // 2] = 20
+    return array
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    from skdeepcluster.embedders import _decode_file
+
+    landscape = _two_tone(48, 24)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned, show it rotated 90° clockwise
+    tagged = tmp_path / "tagged.jpg"
+    Image.fromarray(landscape).save(tagged, quality=95, exif=exif.tobytes())
+    upright = tmp_path / "upright.jpg"
+    Image.fromarray(np.rot90(landscape, k=-1).copy()).save(upright, quality=95)
+
+    assert _decode_file(tagged).shape == (48, 24, 3)  # the transposed size, not (24, 48)
+    embedder = ImageEmbedder("pixels", image_size=8, n_jobs=0).fit()
+    tagged_features, upright_features = embedder.transform([str(tagged), str(upright)])
+    np.testing.assert_allclose(tagged_features, upright_features, atol=0.05)
+    # rotated clockwise, the dark left half is now the top: rows differ, not columns
+    grid = tagged_features.reshape(3, 8, 8)[0]
+    assert grid[:4].mean() < 0.3 < 0.7 < grid[4:].mean()
+
+
+def test_worker_processes_give_the_same_embeddings(tmp_path):
+    images, _ = _digits(12)
+    paths = _write_pngs(tmp_path, images)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    paths.insert(5, str(broken))
+    results = {}
+    for n_jobs in (0, 2):
+        embedder = ImageEmbedder(RecordingPool(), image_size=8, batch_size=4, n_jobs=n_jobs)
+        results[n_jobs] = embedder.fit().embed_files(paths, skip_errors=True)
+        with pytest.raises(ValueError, match="broken.png"):
+            embedder.transform(paths)
+    (serial, serial_kept, serial_errors), (parallel, parallel_kept, parallel_errors) = (
+        results[0], results[2])
+    np.testing.assert_array_equal(parallel, serial)
+    assert parallel_kept.tolist() == serial_kept.tolist() == [i for i in range(13) if i != 5]
+    assert parallel_errors == serial_errors and serial_errors[0][0] == str(broken)
+
+
+def test_n_jobs_default_and_validation():
+    from skdeepcluster.embedders import _n_workers
+
+    assert _n_workers(None) == min(4, os.cpu_count() or 1)
+    assert _n_workers(0) == 0 and _n_workers(-1) == (os.cpu_count() or 1)
+    with pytest.raises(ValueError, match="n_jobs"):
+        ImageEmbedder("pixels", n_jobs=-2).fit()
 
 
 # ---------------------------------------------------------------------- local weights
