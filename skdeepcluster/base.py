@@ -31,9 +31,8 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
+from sklearn.utils import TransformerTags, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils._tags import TransformerTags
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .data import batch_to_tensor, check_images, is_image_array, iterate_batches
