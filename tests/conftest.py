@@ -1,11 +1,86 @@
-"""Test-session settings.
+"""Test-session settings and the shared table of small estimator configurations.
 
 One torch and one faiss thread: the seeded quality results were measured this way, and OpenMP
 threads that spin-wait make small models many times slower when the CPU is shared.
 """
 
 import faiss
+import numpy as np
+import pytest
 import torch
+from sklearn.datasets import load_digits
+
+from skdeepcluster import (
+    ADCClusterer,
+    DeepClusterer,
+    MMDCClusterer,
+    SCANClusterer,
+    TEMIClusterer,
+)
 
 torch.set_num_threads(1)
 faiss.omp_set_num_threads(1)
+
+#: name → (class, parameters, data kind): the one table of small, fast configurations that
+#: tests/test_common.py runs scikit-learn's checks and the shared contract over. Each trains a
+#: few seconds at most on 240 digits of three classes (``digits3``) and passes sklearn's
+#: ``check_clustering`` (ARI > 0.4 on blobs). The data kind is the input the contract tests
+#: fit on ("features": the 64 pixels in [0, 1]; "images": 8 × 8 uint8 images); sklearn's
+#: checks always use feature matrices. TEMI needs a backbone for images, so it gets features.
+ESTIMATORS = {
+    "TEMIClusterer": (
+        TEMIClusterer,
+        # the paper's lr 1e-4 and a fixed 40 epochs (tol=None): lr 1e-3, or the stopping rule
+        # after a few epochs, collapse these 240 digits into one or two clusters
+        dict(n_clusters=3, n_heads=2, n_neighbors=5, hidden_dim=32, bottleneck_dim=16,
+             max_epochs=40, tol=None, batch_size=64, random_state=0),
+        "features",
+    ),
+    "SCANClusterer": (
+        SCANClusterer,
+        dict(n_clusters=3, n_neighbors=3, pretext_epochs=1, pretext_batch_size=64, max_epochs=2,
+             batch_size=16, self_labeling_epochs=1, self_labeling_batch_size=16, random_state=0),
+        "images",
+    ),
+    # n_components=2: whitening more directions than the 2-d blobs of check_clustering have
+    # would give noise directions the same weight as the blobs' (see n_components' docs)
+    "DeepClusterer": (
+        DeepClusterer,
+        dict(n_clusters=3, max_epochs=2, batch_size=16, n_components=2, random_state=0),
+        "images",
+    ),
+    "MMDCClusterer": (
+        MMDCClusterer,
+        dict(n_clusters=3, max_epochs=10, batch_size=16, backbone="mlp", random_state=0),
+        "images",
+    ),
+    "ADCClusterer": (
+        ADCClusterer,
+        # 2 + 2 epochs: with 1 + 1 the 240 digit images collapse into one cluster, and 3 + 3
+        # fails check_clustering's ARI > 0.4 on blobs
+        dict(n_clusters=3, warmup_epochs=2, max_epochs=2, batch_size=32, embedding_dim=8,
+             n_augmentations=2, random_state=0),
+        "images",
+    ),
+}
+
+
+def make_estimator(name, **params):
+    """A fresh estimator of the table, with ``params`` overriding its configuration."""
+    cls, defaults, _ = ESTIMATORS[name]
+    return cls(**{**defaults, **params})
+
+
+@pytest.fixture(scope="session")
+def digits3():
+    """240 digits of classes 0, 1 and 2 (80 of each): ``features``
+    (240, 64) float32 in [0, 1], ``images`` (240, 8, 8) uint8 and the labels ``y``. 240
+    samples: two cross-validation folds of 120 keep faiss' 39 points per centroid for 3
+    clusters."""
+    data = load_digits()
+    keep = np.flatnonzero(data.target < 3)[:240]
+    return {
+        "features": (data.data[keep] / 16).astype(np.float32),
+        "images": (data.images[keep] * 255 / 16).round().astype(np.uint8),
+        "y": data.target[keep],
+    }

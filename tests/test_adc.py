@@ -1,16 +1,13 @@
 """Tests of ADCClusterer and its losses (association, norm, trafo)."""
 
 import math
-import pickle
 
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdeepcluster import ADCClusterer, clustering_accuracy_score
-from skdeepcluster.nn.backbones import SmallCNN
 from skdeepcluster.nn.losses import (
     association_loss,
     association_probabilities,
@@ -19,6 +16,15 @@ from skdeepcluster.nn.losses import (
     visit_loss,
     walker_loss,
 )
+
+# Behaviour tests here fit 1-4 epochs on a few hundred samples: a (partly) collapsed
+# clustering is expected and beside their point. Only these known warnings are
+# ignored (pytest.warns still sees them where a test asserts one); quality tests check accuracy.
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:.*the clustering has \\(partly\\) collapsed:sklearn.exceptions.ConvergenceWarning"
+    ),
+]
 
 
 def _small(**params):
@@ -38,12 +44,6 @@ def _small(**params):
 def digits():
     data = load_digits()
     return (data.images * 255 / 16).astype(np.uint8), data.target
-
-
-# ---------------------------------------------------------------------- sklearn checks
-@parametrize_with_checks([_small()])
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
 
 
 # ---------------------------------------------------------------------- losses
@@ -219,26 +219,6 @@ def test_ablation_options():
     assert no_aug.history_[-1]["assoc_centroid"] > 0
 
 
-def test_same_random_state_same_labels(digits):
-    images = digits[0][:200]
-    params = dict(
-        n_clusters=5,
-        backbone=SmallCNN(1, width=4, image_size=8),
-        warmup_epochs=1,
-        max_epochs=1,
-        batch_size=50,
-        embedding_dim=16,
-        flip=False,
-        random_state=3,
-    )
-    first = ADCClusterer(**params).fit(images)
-    second = ADCClusterer(**params).fit(images)
-    np.testing.assert_array_equal(first.labels_, second.labels_)
-    np.testing.assert_array_equal(first.centroids_, second.centroids_)
-    restored = pickle.loads(pickle.dumps(first))
-    np.testing.assert_array_equal(restored.predict(images), first.labels_)
-
-
 def test_images_input_default_backbone(digits):
     images = digits[0][:40]
     model = ADCClusterer(
@@ -249,21 +229,15 @@ def test_images_input_default_backbone(digits):
     assert model.transform(images).shape == (40, 16)
 
 
-def test_bad_input():
+def test_bad_parameters():
+    # bad input common to all estimators (NaN, too few samples, ...): test_common.py
     X = np.random.default_rng(0).normal(size=(30, 4))
     with pytest.raises(ValueError, match="needs image input"):
         _small(backbone="small_cnn").fit(X)
-    with pytest.raises(ValueError, match="n_clusters"):
-        _small(n_clusters=40).fit(X)
-    with pytest.raises(ValueError, match="NaN"):
-        _small().fit(np.where(X > 1, np.nan, X))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n_centroids_per_cluster"):
         _small(n_centroids_per_cluster=0).fit(X)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="backbone"):
         _small(backbone="vgg").fit(X)
-    model = _small().fit(X)
-    with pytest.raises(ValueError, match="features"):
-        model.predict(X[:, :3])
 
 
 # ---------------------------------------------------------------------- quality

@@ -1,7 +1,6 @@
 """Tests of MMDCClusterer (Shiran & Weinshall) and its components."""
 
 import itertools
-import pickle
 
 import numpy as np
 import pytest
@@ -9,12 +8,20 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.utils import check_random_state
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdeepcluster import MMDCClusterer
 from skdeepcluster.methods.mmdc import reassign_batch_targets, sample_mixture_targets
 from skdeepcluster.metrics import clustering_accuracy_score
 from skdeepcluster.nn.backbones import MLP, Sobel
+
+# Behaviour tests here fit 1-4 epochs on a few hundred samples: a (partly) collapsed
+# clustering is expected and beside their point. Only these known warnings are
+# ignored (pytest.warns still sees them where a test asserts one); quality tests check accuracy.
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:.*the clustering has \\(partly\\) collapsed:sklearn.exceptions.ConvergenceWarning"
+    ),
+]
 
 
 def _digit_images(n=None):
@@ -38,14 +45,7 @@ def _small(**params):
                             "max_epochs": 3, "random_state": 0, **params})
 
 
-# ---------------------------------------------------------------------- sklearn checks
-@parametrize_with_checks(
-    [MMDCClusterer(n_clusters=3, max_epochs=10, batch_size=16, backbone="mlp", random_state=0)]
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
-
-
+# ---------------------------------------------------------------------- batch independence
 def test_subset_invariance(blobs):
     """predict / predict_proba / transform of a sample do not depend on its batch."""
     X, _ = blobs
@@ -170,16 +170,13 @@ def test_features_skip_rotation_and_outputs_are_consistent(blobs):
     assert -2.0 <= model.score(X) <= 0.0
 
 
-def test_rotation_task_on_images_and_determinism():
+def test_rotation_task_on_images():
     images, _ = _digit_images(300)
     params = dict(max_epochs=2, batch_size=64, backbone=MLP(64, (64,)), random_state=3)
     model = MMDCClusterer(10, **params).fit(images)
     assert model.rotation_task_ is True
     assert model.module_.rotation_head.out_features == 4
     assert all(np.isfinite(h["rotation_loss"]) and h["rotation_loss"] > 0 for h in model.history_)
-    again = MMDCClusterer(10, **params).fit(images)
-    np.testing.assert_array_equal(model.labels_, again.labels_)
-    np.testing.assert_array_equal(model.targets_, again.targets_)
     off = MMDCClusterer(10, rotation_task=False, **params).fit(images)
     assert off.module_.rotation_head is None
     assert all(np.isnan(h["rotation_loss"]) for h in off.history_)
@@ -210,12 +207,10 @@ def test_options_sobel_target_dim_sigma_augmentation():
         MMDCClusterer(5, max_epochs=1, augmentation=bad, backbone=MLP(64, (8,))).fit(images)
 
 
-def test_lr_step_decay_and_pickle(blobs, tmp_path):
+def test_lr_step_decay(blobs):
     X, _ = blobs
     model = _small(max_epochs=4, lr=0.05, lr_decay_epochs=(2,), lr_decay_gamma=0.1).fit(X)
     np.testing.assert_allclose([h["lr"] for h in model.history_], [0.05, 0.05, 0.005, 0.005])
-    loaded = pickle.loads(pickle.dumps(model))
-    np.testing.assert_array_equal(loaded.predict(X), model.labels_)
 
 
 @pytest.mark.parametrize(
@@ -226,31 +221,20 @@ def test_lr_step_decay_and_pickle(blobs, tmp_path):
         (dict(sobel=True), "sobel=True needs image input"),
         (dict(lr_decay_epochs=(0,)), "lr_decay_epochs"),
         (dict(lr_decay_epochs=(1.5,)), "lr_decay_epochs"),
-        (dict(n_clusters=500), "larger than n_samples"),
-        (dict(n_clusters=2, _one_sample=True), "n_samples=1"),
     ],
 )
 def test_bad_parameters_fail_before_training(blobs, params, message):
     X, _ = blobs
-    if params.pop("_one_sample", False):
-        X = X[:1]
     model = MMDCClusterer(**{"n_clusters": 4, "max_epochs": 5, **params})
     with pytest.raises(ValueError, match=message):
         model.fit(X)
     assert not hasattr(model, "history_") or model.history_ == []
 
 
-def test_bad_input(blobs):
-    X, _ = blobs
-    X_nan = X.copy()
-    X_nan[0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        _small().fit(X_nan)
+def test_image_backbone_on_features_is_rejected(blobs):
+    # bad input common to all estimators (NaN, wrong features, ...): test_common.py
     with pytest.raises(ValueError, match="needs image input"):
-        _small(backbone="small_cnn").fit(X)
-    model = _small(max_epochs=1).fit(X)
-    with pytest.raises(ValueError, match="features"):
-        model.predict(X[:, :3])
+        _small(backbone="small_cnn").fit(blobs[0])
 
 
 # ---------------------------------------------------------------------- quality

@@ -9,12 +9,24 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skdeepcluster import SCANClusterer, clustering_accuracy_score, overclustering_accuracy_score
 from skdeepcluster.methods.scan import SimCLRNetwork
 from skdeepcluster.nn.backbones import SmallCNN
 from skdeepcluster.nn.losses import confidence_cross_entropy, nt_xent_loss, scan_loss
+
+# Behaviour tests here fit 1-4 epochs on a few hundred samples: a (partly) collapsed
+# clustering and skipped self-labelling batches are expected and beside their point. Only
+# these known warnings are ignored (pytest.warns still sees them where a test asserts one);
+# quality tests check accuracy.
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:.*the clustering has \\(partly\\) collapsed:sklearn.exceptions.ConvergenceWarning"
+    ),
+    pytest.mark.filterwarnings(
+        "ignore:Self-labelling skipped:sklearn.exceptions.ConvergenceWarning"
+    ),
+]
 
 # --------------------------------------------------------------------------- data
 
@@ -44,28 +56,6 @@ def _small(**params):
 
 def _tiny_cnn():
     return SmallCNN(1, width=4, image_size=8)
-
-
-# --------------------------------------------------------------------------- sklearn checks
-@parametrize_with_checks(
-    [
-        SCANClusterer(
-            n_clusters=3,
-            n_neighbors=3,
-            max_epochs=2,
-            batch_size=16,
-            self_labeling_epochs=1,
-            self_labeling_batch_size=16,
-            random_state=0,
-        )
-    ]
-)
-def test_sklearn_compatible(estimator, check):
-    with warnings.catch_warnings():
-        # tiny random data: collapsed or empty clusters and skipped self-labelling are expected
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        check(estimator)
 
 
 # --------------------------------------------------------------------------- losses
@@ -186,14 +176,6 @@ def test_best_head_has_lowest_selection_loss(digits):
     assert model.module_["heads"].n_heads == 1  # only the kept head remains
 
 
-def test_determinism_on_images(digits):
-    images, _, _ = digits
-    backbone = _tiny_cnn()
-    first = _small(n_clusters=10, backbone=backbone).fit(images[:200]).labels_
-    second = _small(n_clusters=10, backbone=backbone).fit(images[:200]).labels_
-    np.testing.assert_array_equal(first, second)
-
-
 @pytest.mark.parametrize(
     "params",
     [
@@ -264,30 +246,15 @@ def test_overclustering_on_features(digits):
     assert overclustering_accuracy_score(y, labels) > 0.85
 
 
-def test_bad_input_gets_clear_errors(digits):
+def test_bad_parameters_get_clear_errors(digits):
+    # bad input common to all estimators (NaN, too few samples, channels, ...): test_common.py
     images, features, _ = digits
-    model = _small(n_clusters=10)
-    with pytest.raises(ValueError, match="NaN|infinity"):
-        model.fit(np.full((20, 4), np.nan))
-    with pytest.raises(ValueError, match="n_clusters=10 is larger than n_samples=5"):
-        model.fit(features[:5])
-    with pytest.raises(ValueError):
-        model.fit(np.zeros((0, 4)))
-    with pytest.raises(ValueError, match="channels"):
-        model.fit(np.zeros((20, 8, 8, 5), dtype=np.uint8))
-    with pytest.raises((TypeError, ValueError)):
-        model.fit(np.array([["a", "b"]] * 20, dtype=object))
     with pytest.raises(ValueError, match="crop_scale"):
         _small(n_clusters=2, crop_scale=(0.9, 0.1)).fit(features[:50])
     with pytest.raises(ValueError, match="needs image input"):
         _small(n_clusters=2, backbone="small_cnn").fit(features[:50])
     with pytest.raises(ValueError, match="entropy_weight"):
         _small(entropy_weight=-1.0).fit(features[:50])
-    fitted = _small(n_clusters=3, self_labeling=False).fit(features[:60])
-    with pytest.raises(ValueError, match="features"):
-        fitted.predict(features[:5, :10])
-    with pytest.raises(ValueError, match="images"):
-        fitted.predict(images[:5])
 
 
 # --------------------------------------------------------------------------- quality
