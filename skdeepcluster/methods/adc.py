@@ -263,10 +263,11 @@ class ADCClusterer(BaseDeepClusterer):
     >>> from sklearn.datasets import load_digits
     >>> from skdeepcluster import ADCClusterer
     >>> X, y = load_digits(return_X_y=True)
-    >>> model = ADCClusterer(n_clusters=10, warmup_epochs=1, max_epochs=1,
-    ...                      random_state=0).fit(X / 16)
+    >>> X = X[:500] / 16  # a few seconds: too short to cluster well
+    >>> model = ADCClusterer(n_clusters=10, warmup_epochs=3, max_epochs=2, n_augmentations=2,
+    ...                      random_state=0).fit(X)
     >>> model.labels_.shape
-    (1797,)
+    (500,)
     >>> model.cluster_centers_.shape
     (10, 128)
     """

@@ -341,12 +341,13 @@ class SCANClusterer(BaseDeepClusterer):
     >>> from sklearn.datasets import load_digits
     >>> from skdeepcluster import SCANClusterer
     >>> X, y = load_digits(return_X_y=True)
+    >>> X = X[:500] / 16  # a few seconds: too short to cluster well
     >>> model = SCANClusterer(n_clusters=10, max_epochs=2, self_labeling_epochs=1,
-    ...                       random_state=0).fit(X / 16)
+    ...                       confidence_threshold=0.5, random_state=0).fit(X)
     >>> model.labels_.shape
-    (1797,)
+    (500,)
     >>> model.neighbors_.shape
-    (1797, 21)
+    (500, 21)
     """
 
     _collapse_advice = (
