@@ -65,6 +65,20 @@ ESTIMATORS = {
 }
 
 
+#: The same five estimators on feature input (MLP backbones), one or two epochs per stage (every
+#: estimator trains at least two epochs in all): for tests of the mechanics (the engine, failure
+#: behaviour) rather than of the results.
+FEATURE_ESTIMATORS = [
+    TEMIClusterer(n_clusters=3, n_heads=2, n_neighbors=5, hidden_dim=16, bottleneck_dim=8,
+                  batch_size=32, max_epochs=2),
+    SCANClusterer(n_clusters=3, n_neighbors=5, max_epochs=2, self_labeling_epochs=2,
+                  self_labeling_batch_size=32, batch_size=32),
+    DeepClusterer(n_clusters=3, n_components=4, max_epochs=2, batch_size=32),
+    MMDCClusterer(n_clusters=3, max_epochs=2, batch_size=32),
+    ADCClusterer(n_clusters=3, warmup_epochs=1, max_epochs=2, batch_size=32),
+]
+
+
 def make_estimator(name, **params):
     """A fresh estimator of the table, with ``params`` overriding its configuration."""
     cls, defaults, _ = ESTIMATORS[name]

@@ -7,16 +7,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import FEATURE_ESTIMATORS
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from torch import nn
 
 import skdeepcluster.engine as engine
 from skdeepcluster import (
-    ADCClusterer,
     DeepClusterer,
-    MMDCClusterer,
-    SCANClusterer,
     TEMIClusterer,
 )
 from skdeepcluster.engine import (
@@ -317,16 +315,7 @@ def digits():
     return (X[:120] / 16).astype(np.float32)
 
 
-#: Small configurations on feature input (MLP backbones), one or two epochs per stage.
-ESTIMATORS = [
-    TEMIClusterer(n_clusters=3, n_heads=2, n_neighbors=5, hidden_dim=16, bottleneck_dim=8,
-                  batch_size=32, max_epochs=2),
-    SCANClusterer(n_clusters=3, n_neighbors=5, max_epochs=2, self_labeling_epochs=2,
-                  self_labeling_batch_size=32, batch_size=32),
-    DeepClusterer(n_clusters=3, n_components=4, max_epochs=2, batch_size=32),
-    MMDCClusterer(n_clusters=3, max_epochs=2, batch_size=32),
-    ADCClusterer(n_clusters=3, warmup_epochs=1, max_epochs=2, batch_size=32),
-]
+ESTIMATORS = FEATURE_ESTIMATORS
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)

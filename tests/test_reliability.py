@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import FEATURE_ESTIMATORS
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
@@ -20,22 +21,11 @@ from skdeepcluster import (
     DeepClusterer,
     MMDCClusterer,
     SCANClusterer,
-    TEMIClusterer,
     engine,
 )
 from skdeepcluster.kmeans import MIN_POINTS_PER_CENTROID, warn_if_few_points
 
-#: Small configurations on feature input (MLP backbones), one or two epochs per stage; every
-#: estimator trains at least two epochs in all.
-ESTIMATORS = [
-    TEMIClusterer(n_clusters=3, n_heads=2, n_neighbors=5, hidden_dim=16, bottleneck_dim=8,
-                  batch_size=32, max_epochs=2),
-    SCANClusterer(n_clusters=3, n_neighbors=5, max_epochs=2, self_labeling_epochs=2,
-                  self_labeling_batch_size=32, batch_size=32),
-    DeepClusterer(n_clusters=3, n_components=4, max_epochs=2, batch_size=32),
-    MMDCClusterer(n_clusters=3, max_epochs=2, batch_size=32),
-    ADCClusterer(n_clusters=3, warmup_epochs=1, max_epochs=2, batch_size=32),
-]
+ESTIMATORS = FEATURE_ESTIMATORS
 
 by_name = pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
 
