@@ -127,6 +127,20 @@ def load_fashion_mnist(subset="train", *, path=FASHION_MNIST_PATH):
     return images, labels
 
 
+#: What Pillow raises for a file it cannot decode as an image.
+UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError)
+
+
+def open_image_rgb(path):
+    """One image file as an RGB Pillow image, turned upright by its EXIF orientation tag (a
+    camera's portrait photo stands upright). Raises one of :data:`UNREADABLE_IMAGE_ERRORS` for
+    a file Pillow cannot decode."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
 def _walk_files(folder):
     """Every regular file under ``folder`` (recursive, hidden names skipped), sorted."""
     found = []

@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.metrics.cluster import contingency_matrix
 
 from .data import check_images, is_image_array
+from .datasets import UNREADABLE_IMAGE_ERRORS, open_image_rgb
 from .metrics import cluster_to_class_mapping
 
 __all__ = ["ClusterGridDisplay", "ClusterConfusionDisplay", "contact_sheet"]
@@ -111,7 +112,7 @@ def contact_sheet(paths, *, columns=8, cell_size=96, padding=4, background="whit
     >>> sheet.size, sheet.getpixel((1, 1)), sheet.getpixel((94, 94))
     ((96, 96), (255, 0, 0), (255, 0, 0))
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if int(columns) < 1 or int(cell_size) < 1 or int(padding) < 0:
         raise ValueError(
@@ -123,9 +124,8 @@ def contact_sheet(paths, *, columns=8, cell_size=96, padding=4, background="whit
     sheet = Image.new("RGB", (columns * step + padding, rows * step + padding), background)
     for position, path in enumerate(paths):
         try:
-            with Image.open(path) as image:
-                image = _fit_to_cell(ImageOps.exif_transpose(image).convert("RGB"), cell_size)
-        except (OSError, ValueError, SyntaxError):  # unreadable (or changed) file: a blank cell
+            image = _fit_to_cell(open_image_rgb(path), cell_size)
+        except UNREADABLE_IMAGE_ERRORS:  # unreadable (or changed) file: a blank cell
             continue
         row, column = divmod(position, columns)
         left = padding + column * step + (cell_size - image.width) // 2

@@ -21,6 +21,7 @@ from torch import nn
 
 from .base import resolve_device
 from .data import check_images
+from .datasets import UNREADABLE_IMAGE_ERRORS, open_image_rgb
 
 __all__ = ["ImageEmbedder", "load_state_dict_file", "EFFICIENTNET_LITE0"]
 
@@ -177,11 +178,7 @@ def _preprocess(batch, preprocessing, pixels):
 
 def _decode_file(path):
     """One image file → (H, W, 3) uint8 RGB array, turned upright by its EXIF orientation."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)  # a camera's portrait photo stands upright
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(open_image_rgb(path), dtype=np.uint8)
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -204,7 +201,7 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index):
         try:
             array = _decode_file(self.paths[index])
-        except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises
+        except UNREADABLE_IMAGE_ERRORS as error:
             return index, None, f"{type(error).__name__}: {error}"
         tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         if self.file_size is not None:
