@@ -51,6 +51,14 @@ def _write_pngs(folder, images):
     return paths
 
 
+def _insert_broken_png(folder, paths, position):
+    """Write a file with a PNG signature and garbage after it; insert its path at ``position``."""
+    broken = folder / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    paths.insert(position, str(broken))
+    return broken
+
+
 # ---------------------------------------------------------------------- datasets
 def test_load_digits_images():
     images, labels = load_digits_images()
@@ -173,9 +181,7 @@ def test_files_match_arrays_and_load_lazily(tmp_path, monkeypatch):
 def test_unreadable_file_raises_or_is_skipped(tmp_path):
     images, _ = _digits(4)
     paths = _write_pngs(tmp_path, images)
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    paths.insert(2, str(broken))
+    broken = _insert_broken_png(tmp_path, paths, 2)
     embedder = ImageEmbedder("pixels", image_size=8).fit()
     with pytest.raises(ValueError, match="broken.png"):
         embedder.transform(paths)
@@ -217,9 +223,7 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_worker_processes_give_the_same_embeddings(tmp_path):
     images, _ = _digits(12)
     paths = _write_pngs(tmp_path, images)
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    paths.insert(5, str(broken))
+    broken = _insert_broken_png(tmp_path, paths, 5)
     results = {}
     for n_jobs in (0, 2):
         embedder = ImageEmbedder(RecordingPool(), image_size=8, batch_size=4, n_jobs=n_jobs)
