@@ -54,7 +54,7 @@ RANDOM_AUGMENTATIONS = {
     "color_jitter": (color_jitter, {"p": 1.0}),
     "random_grayscale": (random_grayscale, {"p": 0.5}),
     "gaussian_noise": (gaussian_noise, {}),
-    "cutout": (cutout, {}),
+    "cutout": (cutout, {"fill": 0.3}),  # a black hole on the black background changes nothing
     "rand_augment": (rand_augment, {}),
     "weak_augment": (weak_augment, {}),
     "strong_augment": (strong_augment, {}),
@@ -186,9 +186,9 @@ def test_gaussian_noise(grey):
 
 
 @pytest.mark.parametrize("size, side", [(0.5, 4), (0.25, 2), (0.0, 1)])
-def test_cutout_zeroes_one_square_of_the_given_side(size, side):
+def test_cutout_fixed_size_zeroes_one_square_of_the_given_side(size, side):
     ones = torch.ones(64, 1, 8, 8)
-    out = cutout(ones, _generator(), size=size)
+    out = cutout(ones, _generator(), size=size, random_size=False)
     assert set(out.unique().tolist()) <= {0.0, 1.0}
     zeroed = (out == 0).flatten(1).sum(1)
     assert (zeroed >= 1).all() and (zeroed <= side * side).all()
@@ -197,6 +197,66 @@ def test_cutout_zeroes_one_square_of_the_given_side(size, side):
     for mask in out[:, 0] == 0:
         rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
         assert (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) == mask.sum()
+
+
+def _hole_extents(mask):
+    """Per image of a (n, H, W) mask: height and width of the masked bounding box, and whether
+    the box touches the border (then the hole may have been clipped)."""
+    rows, cols = mask.any(2), mask.any(1)
+    index = torch.arange(mask.shape[1])
+    first_row = torch.where(rows, index, mask.shape[1]).amin(1)
+    last_row = torch.where(rows, index, -1).amax(1)
+    first_col = torch.where(cols, index, mask.shape[2]).amin(1)
+    last_col = torch.where(cols, index, -1).amax(1)
+    touches = (first_row == 0) | (first_col == 0) | (last_row == mask.shape[1] - 1) | (
+        last_col == mask.shape[2] - 1
+    )
+    return last_row - first_row + 1, last_col - first_col + 1, touches
+
+
+def test_cutout_side_is_drawn_uniformly_up_to_size_times_the_side():
+    # SCAN's authors: side uniform in 1..16 px on 32 px images (randint(1, 16) per image)
+    ones = torch.ones(4000, 1, 32, 32)
+    out = cutout(ones, _generator(), size=0.5)
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+    height, width, touches = _hole_extents(out[:, 0] == 0)
+    assert (height >= 1).all() and (height <= 16).all() and (width <= 16).all()
+    inside = ~touches
+    assert torch.equal(height[inside], width[inside])  # square holes
+    counts = torch.bincount(height[inside], minlength=17)[1:]
+    assert (counts > 0).all()  # every side from 1 to 16
+    # uniform: a hole of side L stays off the border for (31 - L) of 32 centres per axis
+    expected = 4000 / 16 * ((31 - torch.arange(1.0, 17)) / 32) ** 2
+    assert ((counts - expected).abs() < 5 * expected.sqrt() + 5).all(), (counts, expected)
+
+
+def test_cutout_fill_is_a_value_or_one_per_channel(colour):
+    out = cutout(colour, _generator(), size=0.5, random_size=False, fill=(0.2, 0.4, 0.6))
+    changed = (out != colour).any(dim=1)  # (16, 8, 8)
+    hole = cutout(torch.ones(16, 1, 8, 8), _generator(), size=0.5, random_size=False)[:, 0] == 0
+    assert (changed <= hole).all()  # only the hole changes (same draws)
+    for channel, value in enumerate((0.2, 0.4, 0.6)):
+        assert (out[:, channel][hole] == value).all()
+    grey_fill = cutout(colour, _generator(), size=0.5, random_size=False, fill=0.25)
+    assert (grey_fill.permute(1, 0, 2, 3)[:, hole] == 0.25).all()
+    with pytest.raises(ValueError, match="fill needs 1 or 3 values"):
+        cutout(colour, _generator(), fill=(0.1, 0.2))
+
+
+def test_rand_augment_enhance_factors_only_weaken_by_default(grey):
+    # brightness blends with black by the factor: the pixel ratio is the factor itself
+    bright = grey[grey.flatten(1).amax(1) > 0]
+    ratio = augment._colour_op("brightness", bright, _generator()).sum((1, 2, 3)) / bright.sum(
+        (1, 2, 3)
+    )
+    assert ((ratio >= 0.05 - 1e-5) & (ratio <= 0.95 + 1e-5)).all(), ratio  # Table S2
+    assert ratio.std() > 0.1  # one factor per sample
+    # the original RandAugment range is reachable: factors above 1 brighten
+    dim = bright * 0.4  # no clamping at 1 for factors up to 2.5
+    stronger = augment._colour_op("brightness", dim, _generator(), enhance_range=(0.1, 1.9))
+    assert (stronger.sum((1, 2, 3)) > dim.sum((1, 2, 3))).any()
+    kept = rand_augment(grey, _generator(), n_ops=4, enhance_range=(1.0, 1.0))
+    assert kept.shape == grey.shape
 
 
 def test_rand_augment_zero_operations_is_the_identity(colour):
@@ -210,9 +270,9 @@ def test_rand_augment_runs_every_operation(colour, monkeypatch):
     seen = set()
     original = augment._colour_op
 
-    def record(name, x, generator):
+    def record(name, x, generator, *args):
         seen.add(name)
-        return original(name, x, generator)
+        return original(name, x, generator, *args)
 
     monkeypatch.setattr(augment, "_colour_op", record)
     out = rand_augment(colour.repeat(4, 1, 1, 1), _generator(), n_ops=4)
@@ -246,6 +306,24 @@ def test_weak_augment_is_a_crop_with_optional_flip(grey):
 def test_strong_augment_ends_with_cutout(colour):
     out = strong_augment(colour, _generator(), flip=False, n_ops=0, cutout_size=0.5)
     assert ((out == 0).all(dim=1).flatten(1).sum(1) >= 1).all()  # a black square in every image
+
+
+def test_strong_augment_does_not_crop_unless_asked(colour):
+    # authors' code: flip, RandAugment, Cutout; no crop. With no RandAugment operation every
+    # image is itself or its mirror image outside the Cutout hole.
+    out = strong_augment(colour, _generator(), flip=True, n_ops=0, cutout_size=0.25,
+                         cutout_fill=0.3)
+    hole = (out == 0.3).all(dim=1, keepdim=True)
+    same = ((out == colour) | hole).flatten(1).all(1)
+    mirrored = ((out == colour.flip(3)) | hole).flatten(1).all(1)
+    assert (same | mirrored).all() and same.any() and mirrored.any()
+    unflipped = strong_augment(colour, _generator(), flip=False, n_ops=0, cutout_size=0.25,
+                               cutout_fill=0.3)
+    assert ((unflipped == colour) | (unflipped == 0.3)).all()
+    # the crop of this library's earlier strong augmentation stays reachable
+    cropped = strong_augment(colour, _generator(), flip=False, n_ops=0, cutout_size=0.25,
+                             crop_scale=(0.5, 1.0), cutout_fill=0.3)
+    assert ((cropped - colour).abs().flatten(1).amax(1) > 0.1).all()
 
 
 def test_apply_user_augmentation_checks_the_result(grey):

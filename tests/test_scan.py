@@ -234,6 +234,47 @@ def test_skipped_self_labeling_batches_are_counted(digits):
     assert all(entry["n_confident"] == 0 for entry in selflabel)
 
 
+def _record_strong_augment(monkeypatch):
+    """Replace the SCAN step's strong augmentation by one that records its keyword arguments."""
+    from skdeepcluster.methods import scan
+
+    calls = []
+    original = scan.strong_augment
+
+    def record(x, generator, **kwargs):
+        calls.append(kwargs)
+        return original(x, generator, **kwargs)
+
+    monkeypatch.setattr(scan, "strong_augment", record)
+    return calls
+
+
+def test_strong_augmentation_follows_the_authors_by_default(digits, monkeypatch):
+    # authors' code: flip + 4 RandAugment ops (factors in [0.05, 0.95]) + Cutout of side
+    # 1..16 px of 32 filled with the data mean (0 after their normalisation); no crop
+    images, _, _ = digits
+    calls = _record_strong_augment(monkeypatch)
+    _small(n_clusters=10, backbone=_tiny_cnn(), pretext=None).fit(images[:200])
+    assert calls
+    mean = images[:200].mean() / 255
+    for kwargs in calls:
+        assert kwargs["crop_scale"] is None and kwargs["enhance_range"] == (0.05, 0.95)
+        assert kwargs["cutout_random_size"] is True and kwargs["cutout_size"] == 0.5
+        assert kwargs["cutout_fill"] == [pytest.approx(mean, rel=1e-6)]
+
+
+def test_earlier_strong_augmentation_stays_reachable(digits, monkeypatch):
+    images, _, _ = digits
+    calls = _record_strong_augment(monkeypatch)
+    earlier = dict(strong_crop_scale=(0.5, 1.0), enhance_range=(0.1, 1.9),
+                   cutout_random_size=False, cutout_fill=0.0)
+    _small(n_clusters=10, backbone=_tiny_cnn(), pretext=None, **earlier).fit(images[:200])
+    assert calls
+    for kwargs in calls:
+        assert kwargs["crop_scale"] == (0.5, 1.0) and kwargs["enhance_range"] == (0.1, 1.9)
+        assert kwargs["cutout_random_size"] is False and kwargs["cutout_fill"] == 0.0
+
+
 def test_overclustering_on_features(digits):
     _, features, y = digits
     model = SCANClusterer(
@@ -255,6 +296,12 @@ def test_bad_parameters_get_clear_errors(digits):
         _small(n_clusters=2, backbone="small_cnn").fit(features[:50])
     with pytest.raises(ValueError, match="entropy_weight"):
         _small(entropy_weight=-1.0).fit(features[:50])
+    with pytest.raises(ValueError, match="strong_crop_scale"):
+        _small(n_clusters=2, strong_crop_scale=(0.9, 0.1)).fit(features[:50])
+    with pytest.raises(ValueError, match="enhance_range"):
+        _small(n_clusters=2, enhance_range=(1.0, 0.5)).fit(features[:50])
+    with pytest.raises(ValueError, match="cutout_fill"):
+        _small(n_clusters=2, cutout_fill=2.0).fit(features[:50])
 
 
 # --------------------------------------------------------------------------- quality

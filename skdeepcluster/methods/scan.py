@@ -111,6 +111,11 @@ class _NeighbourCheck:
         return changed
 
 
+def _is_pair(value):
+    """A (low, high) pair of numbers with low <= high."""
+    return len(value) == 2 and all(isinstance(v, Real) for v in value) and value[0] <= value[1]
+
+
 class SCANClusterer(BaseDeepClusterer):
     """Pretext features, nearest-neighbour mining, the SCAN loss and self-labelling (SCAN).
 
@@ -195,8 +200,20 @@ class SCANClusterer(BaseDeepClusterer):
         always fine-tunes backbone and head, as in the paper.
     augmentation : {"strong", "simclr", "none"}, default="strong"
         Augmentation of anchors and neighbours in the SCAN step and of the trained view in
-        self-labelling: RandAugment + Cutout (paper), the pretext views (the paper's SCAN-step
-        ablation, Table 1) or none. Feature input is never augmented.
+        self-labelling: the strong augmentation (paper; flip, 4 RandAugment operations and
+        Cutout, see the four parameters below and ``cutout_size``), the pretext views (the
+        paper's SCAN-step ablation, Table 1) or none. Feature input is never augmented.
+    strong_crop_scale : tuple of two floats or None, default=None
+        Area range of a random resized crop at the start of the strong augmentation (with the
+        flip). None: no crop, the flip only, as the authors' code (its ``RandomCrop`` of the
+        full image size changes nothing). ``(0.5, 1.0)`` gives this library's earlier strong
+        augmentation.
+    enhance_range : tuple of two floats, default=(0.05, 0.95)
+        Range of the enhance factors of RandAugment's Color, Contrast, Brightness and
+        Sharpness in the strong augmentation, used as PIL's enhance factor (1 keeps the image,
+        0 gives its grey, flat grey, black or blurred version). Paper (Table S2) and authors'
+        code: [0.05, 0.95], so these operations only weaken the image; ``(0.1, 1.9)``, the
+        original RandAugment's range, is this library's earlier setting.
     self_labeling : bool, default=True
         Run the self-labelling step.
     self_labeling_epochs : int, default=200
@@ -214,7 +231,17 @@ class SCANClusterer(BaseDeepClusterer):
         When set (paper's ImageNet setup: 0.999), the weights are replaced after every
         self-labelling step by their exponential moving average with this momentum.
     cutout_size : float, default=0.5
-        Side of the Cutout square, as a fraction of the image side (authors: 16 px of 32).
+        Largest side of the Cutout square, as a fraction of the image side: each image draws
+        its side uniformly among 1 … ``cutout_size`` × side pixels (authors: 1-16 px of 32).
+    cutout_random_size : bool, default=True
+        Draw the Cutout side per image (authors' code). False: every square has the largest
+        side (this library's earlier Cutout).
+    cutout_fill : "mean" or float, default="mean"
+        Value of the Cutout square. ``"mean"``: the per-channel mean of the training images,
+        the value the authors' Cutout writes (it zeroes images already normalised by the
+        data's mean and standard deviation; the networks here see unnormalised pixels in
+        [0, 1]). A float in [0, 1] fills every channel with it; 0.0 (black) is this library's
+        earlier Cutout.
     tol : float or None, default=2e-3
         Stopping rule of each step, with the step's epochs as the cap: the SCAN and
         self-labelling steps end when fewer than ``tol`` of the training samples changed
@@ -293,7 +320,12 @@ class SCANClusterer(BaseDeepClusterer):
     * The augmentations are the shared batched ones of :mod:`skdeepcluster.nn.augment` (one
       random draw per sample, not per batch as ``torchvision.transforms.v2`` does on a batch
       tensor). SimCLR's colour jitter and grayscale reduce to brightness and contrast on grey
-      images. The strong augmentation also crops (scale 0.5-1) before RandAugment + Cutout.
+      images. The strong augmentation follows the authors' code (flip, four RandAugment
+      operations drawn with replacement with Table S2's ranges, Cutout of side 1-16 px of 32
+      filled with the data mean), on tensors instead of PIL images: a Cutout side of L pixels
+      cuts exactly L, where the authors' box ``[c − L//2, c + L//2)`` cuts 2·(L//2) (one row
+      and column fewer for odd L, nothing for L = 1); Sharpness blurs the border pixels too
+      (PIL keeps them).
     * NT-Xent is the symmetric SimCLR loss over both views; the authors' code uses the first
       view as anchors only.
     * The EMA (``ema_momentum``) averages parameters only: the authors' code also restores the
@@ -380,7 +412,11 @@ class SCANClusterer(BaseDeepClusterer):
         "confidence_threshold": [Interval(Real, 0, 1, closed="left")],
         "class_balancing": ["boolean"],
         "ema_momentum": [Interval(Real, 0, 1, closed="neither"), None],
+        "strong_crop_scale": [tuple, None],
+        "enhance_range": [tuple],
         "cutout_size": [Interval(Real, 0, 1, closed="both")],
+        "cutout_random_size": ["boolean"],
+        "cutout_fill": [StrOptions({"mean"}), Interval(Real, 0, 1, closed="both")],
     }
 
     def __init__(
@@ -407,6 +443,8 @@ class SCANClusterer(BaseDeepClusterer):
         weight_decay=1e-4,
         freeze_backbone=False,
         augmentation="strong",
+        strong_crop_scale=None,
+        enhance_range=(0.05, 0.95),
         self_labeling=True,
         self_labeling_epochs=200,
         self_labeling_batch_size=1000,
@@ -415,6 +453,8 @@ class SCANClusterer(BaseDeepClusterer):
         class_balancing=True,
         ema_momentum=None,
         cutout_size=0.5,
+        cutout_random_size=True,
+        cutout_fill="mean",
         tol=2e-3,
         n_iter_no_change=10,
         precision="auto",
@@ -443,6 +483,8 @@ class SCANClusterer(BaseDeepClusterer):
         self.weight_decay = weight_decay
         self.freeze_backbone = freeze_backbone
         self.augmentation = augmentation
+        self.strong_crop_scale = strong_crop_scale
+        self.enhance_range = enhance_range
         self.self_labeling = self_labeling
         self.self_labeling_epochs = self_labeling_epochs
         self.self_labeling_batch_size = self_labeling_batch_size
@@ -451,6 +493,8 @@ class SCANClusterer(BaseDeepClusterer):
         self.class_balancing = class_balancing
         self.ema_momentum = ema_momentum
         self.cutout_size = cutout_size
+        self.cutout_random_size = cutout_random_size
+        self.cutout_fill = cutout_fill
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.precision = precision
@@ -460,14 +504,17 @@ class SCANClusterer(BaseDeepClusterer):
 
     # ------------------------------------------------------------------ checks
     def _check_fit_params(self, X):
-        scale = self.crop_scale
-        if not (
-            len(scale) == 2
-            and all(isinstance(s, Real) for s in scale)
-            and 0 < scale[0] <= scale[1] <= 1
-        ):
+        for name in ("crop_scale", "strong_crop_scale"):
+            scale = getattr(self, name)
+            if scale is not None and not (_is_pair(scale) and 0 < scale[0] and scale[1] <= 1):
+                raise ValueError(
+                    f"{name} must be a pair (low, high) with 0 < low <= high <= 1, got "
+                    f"{scale!r}."
+                )
+        if not (_is_pair(self.enhance_range) and self.enhance_range[0] >= 0):
             raise ValueError(
-                f"crop_scale must be a pair (low, high) with 0 < low <= high <= 1, got {scale!r}."
+                "enhance_range must be a pair (low, high) with 0 <= low <= high, got "
+                f"{self.enhance_range!r}."
             )
         if X.shape[0] < 2:
             raise ValueError(
@@ -499,7 +546,21 @@ class SCANClusterer(BaseDeepClusterer):
             return x
         if self.augmentation == "simclr":
             return self._simclr_views(x, generator)
-        return strong_augment(x, generator, flip=self.flip, n_ops=4, cutout_size=self.cutout_size)
+        return strong_augment(
+            x, generator, flip=self.flip, n_ops=4, cutout_size=self.cutout_size,
+            crop_scale=self.strong_crop_scale, cutout_random_size=self.cutout_random_size,
+            cutout_fill=self._cutout_value, enhance_range=self.enhance_range,
+        )
+
+    def _set_cutout_value(self, X):
+        """The Cutout fill: ``cutout_fill``, or the per-channel mean of the training images
+        (what the authors' Cutout writes: zero after normalising by the data's mean)."""
+        self._cutout_value = self.cutout_fill
+        if self.cutout_fill == "mean" and self.input_kind_ == "images":
+            total = torch.zeros(X.shape[1], dtype=torch.float64)
+            for indices in iterate_batches(X.shape[0], 4096):  # X may be memory-mapped
+                total += batch_to_tensor(X, indices, "cpu").double().sum(dim=(0, 2, 3))
+            self._cutout_value = (total / (X.shape[0] * X.shape[2] * X.shape[3])).tolist()
 
     # ------------------------------------------------------------------ the stages
     def _stages(self, X, trainer, generator):
@@ -513,6 +574,7 @@ class SCANClusterer(BaseDeepClusterer):
         self._has_pretext_model = pretext_model is not None
         self.module_ = trainer.prepare(nn.ModuleDict({"embedder": embedder, "backbone": backbone}))
 
+        self._set_cutout_value(X)
         # step 2: mining, in the space of the (frozen) embedder
         self.neighbors_ = self._mine(self._apply_batched(X, self.module_["embedder"]))
 

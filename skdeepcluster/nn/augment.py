@@ -173,18 +173,35 @@ def gaussian_noise(x, generator, std=0.05):
     return (x + std * noise).clamp(0, 1)
 
 
-def cutout(x, generator, size=0.5):
-    """Zero one square of side ``size`` × image side (at least one pixel), centred uniformly
-    (may be clipped at the border)."""
-    n, _, height, width = x.shape
-    side_h, side_w = max(1, round(size * height)), max(1, round(size * width))
+def cutout(x, generator, size=0.5, random_size=True, fill=0.0):
+    """Cutout (DeVries & Taylor) as SCAN's authors apply it: one square per image, centred
+    uniformly (clipped at the border), set to ``fill``.
+
+    ``random_size=True`` (authors' code): each image draws its side uniformly among the
+    integers 1 … ``size`` × image side (1-16 px of 32); False: every side is exactly
+    ``size`` × image side. At least one pixel either way. ``fill`` is a float or one value per
+    channel, in the input's range: SCAN passes the data's per-channel mean, the value the
+    authors' Cutout writes (it zeroes images normalised by the data's mean and std).
+    """
+    n, channels, height, width = x.shape
+    value = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    if value.shape[1] not in (1, channels):
+        raise ValueError(f"fill needs 1 or {channels} values, got {value.shape[1]}.")
+    max_h, max_w = max(1, round(size * height)), max(1, round(size * width))
+    if random_size:  # one draw per image: square images get square holes
+        draw = torch.rand(n, generator=generator)
+        side_h = (1 + (draw * max_h).floor()).clamp(max=max_h).long()
+        side_w = (1 + (draw * max_w).floor()).clamp(max=max_w).long()
+    else:
+        side_h, side_w = torch.full((n,), max_h), torch.full((n,), max_w)
+    side_h, side_w = side_h.to(x.device).view(-1, 1, 1), side_w.to(x.device).view(-1, 1, 1)
     cy = torch.randint(height, (n,), generator=generator).to(x.device).view(-1, 1, 1)
     cx = torch.randint(width, (n,), generator=generator).to(x.device).view(-1, 1, 1)
     rows = torch.arange(height, device=x.device).view(1, -1, 1) - (cy - side_h // 2)
     cols = torch.arange(width, device=x.device).view(1, 1, -1) - (cx - side_w // 2)
     # rows and columns [centre - side // 2, centre - side // 2 + side): exactly ``side`` wide
     inside = (rows >= 0) & (rows < side_h) & (cols >= 0) & (cols < side_w)
-    return x.masked_fill(inside.unsqueeze(1), 0.0)
+    return torch.where(inside.unsqueeze(1), value, x)
 
 
 #: The RandAugment operation list of SCAN's strong augmentation.
@@ -220,9 +237,10 @@ def _equalize(x):
     return TF.equalize((x * 255).round().to(torch.uint8)).float() / 255
 
 
-def _colour_op(name, x, generator):
+def _colour_op(name, x, generator, enhance_range=(0.05, 0.95)):
     n, device = x.shape[0], x.device
-    factor = _uniform(0.1, 1.9, n, generator, device)
+    # PIL's enhance factor: 1 keeps the image, 0 gives the degenerate one (Table S2's [0.05, 0.95])
+    factor = _uniform(*enhance_range, n, generator, device)
     if name == "autocontrast":
         return _autocontrast(x)
     if name == "equalize":
@@ -245,11 +263,14 @@ def _colour_op(name, x, generator):
     return x  # identity
 
 
-def rand_augment(x, generator, n_ops=4):
+def rand_augment(x, generator, n_ops=4, enhance_range=(0.05, 0.95)):
     """``n_ops`` rounds; in each, every sample draws one operation of ``RAND_AUGMENT_OPS``
-    and a random magnitude (rotate ±30°, shear ±0.1, translate ±0.1, posterize 4-8 bits,
-    enhance factors in [0.1, 1.9]). Each operation runs once per round on the samples that
-    drew it."""
+    and a random magnitude, as SCAN's Table S2 and its authors' code: rotate ±30°, shear ±0.1,
+    translate ±0.1, posterize 4-8 bits, Color / Contrast / Brightness / Sharpness factors in
+    ``enhance_range``. A factor is PIL's enhance factor, a blend of the image (1) with its
+    degenerate version (0: grey, flat grey, black, blurred); the authors' [0.05, 0.95] only
+    weakens the image, the original RandAugment's [0.1, 1.9] also strengthens it. Each
+    operation runs once per round on the samples that drew it."""
     n, device = x.shape[0], x.device
     for _ in range(n_ops):
         choice = torch.randint(len(RAND_AUGMENT_OPS), (n,), generator=generator).to(device)
@@ -278,7 +299,7 @@ def rand_augment(x, generator, n_ops=4):
         for name in RAND_AUGMENT_OPS:
             if name in _GEOMETRIC or name == "identity" or not chosen[name].any():
                 continue
-            out[chosen[name]] = _colour_op(name, x[chosen[name]], generator)
+            out[chosen[name]] = _colour_op(name, x[chosen[name]], generator, enhance_range)
         x = out
     return x
 
@@ -295,7 +316,24 @@ def weak_augment(x, generator, flip=True, scale=(0.5, 1.0)):
     return random_resized_crop(x, generator, scale=scale, flip_p=0.5 if flip else 0.0)
 
 
-def strong_augment(x, generator, flip=True, n_ops=4, cutout_size=0.5):
-    """SCAN's strong augmentation: crop and flip, ``n_ops`` RandAugment operations, Cutout."""
-    x = random_resized_crop(x, generator, scale=(0.5, 1.0), flip_p=0.5 if flip else 0.0)
-    return cutout(rand_augment(x, generator, n_ops), generator, cutout_size)
+def _random_flip(x, generator, p=0.5):
+    """Mirror each sample horizontally with probability ``p`` (exact, no resampling)."""
+    flip = _bernoulli(p, x.shape[0], generator, x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(3), x)
+
+
+def strong_augment(x, generator, flip=True, n_ops=4, cutout_size=0.5, crop_scale=None,
+                   cutout_random_size=True, cutout_fill=0.0, enhance_range=(0.05, 0.95)):
+    """SCAN's strong augmentation (authors' code): horizontal flip, ``n_ops`` RandAugment
+    operations, Cutout (side drawn in 1 … ``cutout_size`` × side px, set to ``cutout_fill``).
+
+    ``crop_scale`` (area range), when given, replaces the flip by a random resized crop with
+    flip before RandAugment; the authors do not crop (their ``RandomCrop`` of the full image
+    size is the identity).
+    """
+    if crop_scale is not None:
+        x = random_resized_crop(x, generator, scale=crop_scale, flip_p=0.5 if flip else 0.0)
+    elif flip:
+        x = _random_flip(x, generator)
+    x = rand_augment(x, generator, n_ops, enhance_range)
+    return cutout(x, generator, cutout_size, random_size=cutout_random_size, fill=cutout_fill)
