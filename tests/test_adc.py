@@ -173,7 +173,7 @@ def test_trafo_loss_prefers_consistent_pairs():
 # ---------------------------------------------------------------------- estimator
 def test_fit_attributes_and_history():
     X = np.random.default_rng(0).normal(size=(60, 5))
-    model = _small(delta=1.0, max_epochs=2).fit(X)
+    model = _small(delta=1.0, max_epochs=2, n_centroids_per_cluster=4).fit(X)
     assert model.labels_.shape == (60,)
     np.testing.assert_array_equal(model.labels_, model.predict(X))
     proba = model.predict_proba(X)
@@ -199,6 +199,29 @@ def test_fit_attributes_and_history():
         assert clustering[key] > 0
 
 
+def _weighted_total(entry, beta, gamma=1e-5, alpha=1.0, delta=1.0, classification_weight=1.0):
+    return (beta * entry["assoc_aug"] + gamma * entry["norm"] + alpha * entry["assoc_centroid"]
+            + delta * entry["trafo"] + classification_weight * entry["classification"])
+
+
+def test_defaults_are_the_papers_one_centroid_and_constant_beta():
+    # the paper: one μ_k per cluster (Sec. 2.2), β = 0.9 kept after the warm-up (Sec. 3.1)
+    X = np.random.default_rng(0).normal(size=(60, 5))
+    model = _small(delta=1.0, max_epochs=2).fit(X)
+    assert model.centroids_.shape == (3, 8)
+    np.testing.assert_array_equal(model.cluster_centers_, model.centroids_)
+    for entry in model.history_:  # the recorded total is the weighted sum of the terms
+        assert entry["loss"] == pytest.approx(_weighted_total(entry, beta=0.9), rel=1e-5)
+    # the authors' code values: 4 centroids per cluster, β × 0.2 after the warm-up
+    code = _small(delta=1.0, max_epochs=2, n_centroids_per_cluster=4,
+                  aug_weight_decay=0.2).fit(X)
+    assert code.centroids_.shape == (12, 8)
+    warmup, *clustering = code.history_
+    assert warmup["loss"] == pytest.approx(_weighted_total(warmup, beta=0.9), rel=1e-5)
+    for entry in clustering:
+        assert entry["loss"] == pytest.approx(_weighted_total(entry, beta=0.18), rel=1e-5)
+
+
 def test_centroids_are_trained_after_kmeans_initialisation():
     X = np.random.default_rng(1).normal(size=(80, 5))
     # Same seed: same warm-up and k-means initialisation; only the clustering stage differs.
@@ -208,7 +231,9 @@ def test_centroids_are_trained_after_kmeans_initialisation():
     assert np.abs(short.centroids_ - long.centroids_).max() > 1e-3
     # Without noise the copies of a centre get identical gradients and never separate: the
     # reason for ``centroid_noise``.
-    exact = _small(centroid_noise=0.0).fit(X).centroids_.reshape(3, 4, 8)
+    exact = _small(centroid_noise=0.0, n_centroids_per_cluster=4).fit(X).centroids_.reshape(
+        3, 4, 8
+    )
     np.testing.assert_allclose(exact, np.broadcast_to(exact[:, :1], exact.shape), atol=1e-6)
 
 
@@ -243,14 +268,21 @@ def test_bad_parameters():
 
 
 # ---------------------------------------------------------------------- quality
-#: The quality test's configuration, also the benchmark's on digits: an MLP on the 8×8 pixels
-#: (fast on CPU), no flips (a flipped digit is another symbol), 10 + 10 epochs of 17 steps.
+#: The quality test's configuration: the digits schedule of benchmarks/bench_adc.py, an MLP on
+#: the 8×8 pixels (fast on CPU), no flips (a flipped digit is another symbol), 10 + 10 epochs of
+#: 17 steps; with the authors' four centroids per cluster and β × 0.2 after the warm-up, the
+#: defaults this test was calibrated with. Over seeds 0-2 the paper's defaults (one centroid,
+#: constant β) score as well (0.841 ± 0.060 against 0.827 ± 0.060), but seed 0 draws 0.781
+#: with them (0.899 with these), under k-means: one seed cannot tell the two apart (see the
+#: estimator's Notes).
 QUALITY_PARAMS = dict(
     n_clusters=10,
     backbone="mlp",
     warmup_epochs=10,
     max_epochs=10,
     flip=False,
+    n_centroids_per_cluster=4,
+    aug_weight_decay=0.2,
     random_state=0,
 )
 
