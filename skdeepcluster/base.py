@@ -31,12 +31,19 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import TransformerTags, check_random_state
+from sklearn.utils import TransformerTags, assert_all_finite, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .data import batch_to_tensor, check_images, is_image_array, iterate_batches
-from .engine import PRECISIONS, Trainer, autocast, resolve_device, resolve_precision
+from .engine import (
+    PRECISIONS,
+    Trainer,
+    autocast,
+    resolve_device,
+    resolve_distributed,
+    resolve_precision,
+)
 
 __all__ = ["BaseDeepClusterer", "resolve_device"]
 
@@ -79,6 +86,11 @@ class BaseDeepClusterer(
     #: What the collapse warning advises.
     _collapse_advice = "Try more epochs, a larger batch or fewer clusters."
 
+    #: Feature dtypes taken as they are (anything else is converted to the first): an
+    #: estimator that reads its features batch by batch also takes float16, so that a
+    #: memory-mapped float16 matrix is never converted whole.
+    _feature_dtypes = (np.float32, np.float64)
+
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -118,8 +130,10 @@ class BaseDeepClusterer(
         # the caller's layout, so a Fortran array or a DataFrame gives the labels of its
         # C-ordered values; a C-ordered array is not copied (and never written to).
         features = validate_data(
-            self, X, reset=reset, dtype=[np.float32, np.float64], order="C"
+            self, X, reset=reset, dtype=list(self._feature_dtypes), order="C",
+            ensure_all_finite=False,
         )
+        _check_finite_in_chunks(features, type(self).__name__)
         if reset:
             self.input_kind_ = "features"
             self.input_shape_ = (features.shape[1],)
@@ -167,12 +181,15 @@ class BaseDeepClusterer(
                         trainer.run(stage)
                 finally:
                     np.random.set_state(np_state)
-                    del self._trainer
             self.n_iter_ = int(sum(trainer.n_epochs.values()))
-            self.labels_ = self._apply_batched(X, self._predict_tensor).astype(np.int64)
+            # on the training device; in a distributed fit each rank predicts its share
+            self.labels_ = self._apply_batched(X, self._predict_tensor, shard=True).astype(
+                np.int64
+            )
             self._transform_width_ = int(
                 self._apply_batched(X[:1], self._transform_tensor, batch_size=1).shape[1]
             )
+            del self._trainer
             self._warn_if_degenerate(self.labels_)
         except BaseException:
             # Ctrl-C (KeyboardInterrupt) or any error: no half-fitted estimator is left behind.
@@ -197,18 +214,29 @@ class BaseDeepClusterer(
         alone: ``X, trainer, seed = est._begin_fit(X)``, then
         ``stage = next(est._stages(X, trainer, generator))`` and ``stage.run_epoch(stage)``.
         """
-        X = self._validate_input(X, reset=True)
-        n_samples = X.shape[0]
-        if self.n_clusters > n_samples:
-            raise ValueError(
-                f"n_clusters={self.n_clusters} is larger than n_samples={n_samples}: "
-                "there must be at least one sample per cluster."
-            )
-        self._check_fit_params(X)
         device = resolve_device(self.device)
-        dtype = resolve_precision(self.precision, device, warn=True)
-        self.precision_ = str(dtype).removeprefix("torch.")
+        distributed, device = resolve_distributed(self._distributed_setting(), device)
+        try:
+            X = self._validate_input(X, reset=True)
+            n_samples = X.shape[0]
+            if self.n_clusters > n_samples:
+                raise ValueError(
+                    f"n_clusters={self.n_clusters} is larger than n_samples={n_samples}: "
+                    "there must be at least one sample per cluster."
+                )
+            self._check_fit_params(X)
+            dtype = resolve_precision(self.precision, device, warn=True)
+        except Exception as error:
+            if distributed is None:
+                raise
+            distributed.check(error, "Checking the input and the parameters")
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        if distributed is not None:
+            distributed.check(None, "Checking the input and the parameters")
+            distributed.agree(_fit_fingerprint(self, X), "the data and the parameters")
+            seed = distributed.broadcast_object(seed, what="sharing the random seed")
+        self.precision_ = str(dtype).removeprefix("torch.")
+        self.world_size_ = 1 if distributed is None else distributed.world_size
         self.history_ = []
         trainer = Trainer(
             device,
@@ -218,12 +246,18 @@ class BaseDeepClusterer(
             n_iter_no_change=self.n_iter_no_change,
             verbose=self.verbose,
             name=type(self).__name__,
+            distributed=distributed,
         )
         self._trainer = trainer  # inference during fit uses the training device and precision
         return X, trainer, seed
 
     def _check_fit_params(self, X):
         """Method-specific checks of parameters against the data, before any training."""
+
+    def _distributed_setting(self):
+        """The ``distributed`` parameter of an estimator that supports a distributed fit;
+        False (one process) for the others."""
+        return False
 
     @abstractmethod
     def _stages(self, X, trainer, generator):
@@ -262,25 +296,32 @@ class BaseDeepClusterer(
         device = resolve_device(self.device)
         return device, resolve_precision(self.precision, device)
 
-    def _apply_batched(self, X, function, batch_size=None, *, module=None):
+    def _apply_batched(self, X, function, batch_size=None, *, module=None, shard=False):
         """``function`` on every batch of the validated array X; concatenated numpy result.
 
         ``module`` (default ``module_``) is put on the device in eval mode; the batches run
         without gradients, under the precision's autocast; floating outputs come back as
-        float32.
+        float32. ``shard=True`` during a distributed fit: each rank computes its share of the
+        rows, and every rank gets all of them, in order.
         """
         device, dtype = self._inference_setting()
+        trainer = getattr(self, "_trainer", None)
+        distributed = trainer.distributed if shard and trainer is not None else None
+        rows = X if distributed is None else X[distributed.shard(X.shape[0])]
         module = self.module_ if module is None else module
         module.to(device).eval()
         batch_size = batch_size or max(self.batch_size, 256)
         outputs = []
         with torch.no_grad(), autocast(device, dtype):
-            for indices in iterate_batches(X.shape[0], batch_size):
-                output = function(batch_to_tensor(X, indices, device))
+            for indices in iterate_batches(rows.shape[0], batch_size):
+                output = function(batch_to_tensor(rows, indices, device))
                 if output.is_floating_point():
                     output = output.float()
                 outputs.append(output.cpu())
-        return torch.cat(outputs).numpy()
+        result = torch.cat(outputs).numpy()
+        if distributed is not None:
+            result = distributed.gather_rows(result, "gathering the ranks' predictions")
+        return result
 
     @abstractmethod
     def _proba_tensor(self, batch):
@@ -391,6 +432,36 @@ class BaseDeepClusterer(
         state = dict(super().__getstate__())
         memo = {}
         return {name: _cpu_copy(value, memo) for name, value in state.items()}
+
+
+def _fit_fingerprint(estimator, X):
+    """What every rank of a distributed fit must share: the shape and type of X, a checksum of
+    about 1 000 of its rows (read strided, cheap for a memory-mapped array) and the parameters
+    (``random_state``, ``verbose`` and the backbone's object identity left out)."""
+    step = max(1, X.shape[0] // 1000)
+    sample = np.asarray(X[::step], dtype=np.float64).reshape(-1)
+    # weighted by position, so that the same rows in another order differ too
+    checksum = float(sample @ np.linspace(1.0, 2.0, sample.size))
+    params = {
+        name: repr(value)
+        for name, value in estimator.get_params(deep=False).items()
+        if name not in ("random_state", "verbose")
+    }
+    return (tuple(X.shape), X.dtype.str, round(checksum, 6), params)
+
+
+#: Rows checked for NaN/inf at a time: a memory-mapped matrix is read in pieces of bounded size.
+_FINITE_CHECK_ROWS = 8192
+
+
+def _check_finite_in_chunks(features, estimator_name):
+    """sklearn's NaN/inf check (its messages), one block of rows at a time: O(block) memory
+    whatever the size of X, so a memory-mapped matrix is never read into memory whole."""
+    for start in range(0, features.shape[0], _FINITE_CHECK_ROWS):
+        block = features[start : start + _FINITE_CHECK_ROWS]
+        if block.dtype == np.float16:  # sklearn's fast checks know float32 and float64
+            block = block.astype(np.float32)
+        assert_all_finite(block, input_name="X", estimator_name=estimator_name)
 
 
 def _cpu_copy(value, memo):

@@ -17,7 +17,8 @@ import torch
 from sklearn.utils import check_array
 
 __all__ = [
-    "is_image_array", "check_images", "iterate_batches", "batch_to_tensor", "infer_image_layout"
+    "is_image_array", "check_images", "iterate_batches", "batch_to_tensor", "infer_image_layout",
+    "rows_to_device",
 ]
 
 
@@ -93,3 +94,14 @@ def batch_to_tensor(X, indices, device):
     if tensor.dtype == torch.uint8:
         return tensor.float().div_(255.0)
     return tensor.float()
+
+
+def rows_to_device(X, device, batch_size=65536):
+    """All rows of X as one float32 tensor on ``device``, uploaded ``batch_size`` rows at a time
+    (host memory O(batch_size) beyond X, so a memory-mapped X is never converted whole)."""
+    out = torch.empty((X.shape[0], *X.shape[1:]), dtype=torch.float32, device=device)
+    for start in range(0, X.shape[0], batch_size):
+        out[start : start + batch_size] = batch_to_tensor(
+            X, torch.arange(start, min(start + batch_size, X.shape[0])), device
+        )
+    return out

@@ -4,7 +4,9 @@ The embedder is a frozen feature extractor: ``fit`` only builds and loads the ne
 ``transform`` runs it batch by batch, so that memory holds a few batches of images at a time
 whatever the number of images. Image files are decoded lazily, batch by batch, by a
 :class:`torch.utils.data.DataLoader` whose worker processes (``n_jobs``) decode the next batches
-while the network runs on the current one.
+while the network runs on the current one. Inside a ``torch.distributed`` process group
+(``distributed``), each process embeds its contiguous share of the images and every process
+gets all embeddings, in input order.
 """
 
 import copy
@@ -15,13 +17,14 @@ from numbers import Integral
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .base import resolve_device
 from .data import check_images
 from .datasets import UNREADABLE_IMAGE_ERRORS, open_image_rgb
+from .engine import resolve_distributed
 
 __all__ = ["ImageEmbedder", "load_state_dict_file", "EFFICIENTNET_LITE0"]
 
@@ -276,10 +279,18 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         None: ``min(4, os.cpu_count())`` — decoding and resizing JPEGs is usually slower than
         a small network, and four workers keep it fed without taking every core. Image arrays
         are never sent to workers. The result does not depend on ``n_jobs``.
+    distributed : "auto" or bool, default="auto"
+        Share ``transform`` and ``embed_files`` over the processes of a ``torch.distributed``
+        process group (e.g. ``torchrun --nproc-per-node N script.py``): each embeds its
+        contiguous share of the images, on its own GPU (``cuda:LOCAL_RANK``), and every process
+        returns all embeddings in input order. ``"auto"``: when an initialised process group has
+        more than one process; ``True``: always (the group initialised from torchrun's
+        environment if needed); ``False``: each process embeds everything.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else CPU.
     verbose : int, default=0
-        Print progress (images done, images per second, ETA) when > 0.
+        Print progress (images done, images per second, ETA) when > 0 (on rank 0 only in a
+        distributed transform).
 
     Attributes
     ----------
@@ -317,6 +328,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         "normalize": ["boolean"],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_jobs": [Interval(Integral, -1, None, closed="left"), None],
+        "distributed": [StrOptions({"auto"}), "boolean"],
         "device": [str, torch.device],
         "verbose": ["verbose"],
     }
@@ -331,6 +343,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         normalize=True,
         batch_size=64,
         n_jobs=None,
+        distributed="auto",
         device="auto",
         verbose=0,
     ):
@@ -341,6 +354,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.normalize = normalize
         self.batch_size = batch_size
         self.n_jobs = n_jobs
+        self.distributed = distributed
         self.device = device
         self.verbose = verbose
 
@@ -477,10 +491,13 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 flush=True,
             )
 
-    def _embed_batches(self, n_items, batches):
+    def _distributed_setting(self):
+        """(Distributed or None, device) of a transform."""
+        return resolve_distributed(self.distributed, resolve_device(self.device))
+
+    def _embed_batches(self, n_items, batches, device, *, show=True):
         """Run the network on ``batches``, an iterable of ``(n_done, tensor or None)`` covering
-        ``n_items`` items in order; collect the outputs."""
-        device = resolve_device(self.device)
+        ``n_items`` items in order; collect the outputs. ``show``: print progress (rank 0)."""
         if self.model_ is not None:
             self.model_.to(device).eval()
         outputs = []
@@ -491,7 +508,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             for batch_index, (done, batch) in enumerate(batches):
                 if batch is not None:
                     outputs.append(self._forward(batch.to(device), device).numpy())
-                if (batch_index + 1) % report_every == 0 or done == n_items:
+                if show and ((batch_index + 1) % report_every == 0 or done == n_items):
                     self._report(done, n_items, started)
         return outputs
 
@@ -519,6 +536,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         kind, data = self._check_input(X)
         if kind == "files":
             return self.embed_files(data)[0]
+        distributed, device = self._distributed_setting()
+        if distributed is not None:  # this process's share of the images
+            data = data[distributed.shard(data.shape[0])]
 
         def batches():
             for start in range(0, data.shape[0], self.batch_size):
@@ -527,7 +547,12 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 rows = rows.float().div_(255.0) if rows.dtype == torch.uint8 else rows.float()
                 yield stop, self._preprocess(rows)
 
-        return np.concatenate(self._embed_batches(data.shape[0], batches())).astype(np.float32)
+        show = distributed is None or distributed.is_main
+        outputs = self._embed_batches(data.shape[0], batches(), device, show=show)
+        embeddings = (np.concatenate(outputs) if outputs else np.empty((0, 0))).astype(np.float32)
+        if distributed is not None:
+            embeddings = distributed.gather_rows(embeddings, "gathering the embeddings")
+        return embeddings
 
     def embed_files(self, paths, *, skip_errors=False):
         """Embed image files batch by batch, optionally skipping unreadable ones.
@@ -554,6 +579,26 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         paths = [os.fspath(p) for p in paths]
         if not paths:
             raise ValueError("paths is empty: no images to embed.")
+        distributed, device = self._distributed_setting()
+        if distributed is None:
+            return self._embed_files(paths, skip_errors, device)
+        share = distributed.shard(len(paths))
+        result, error = None, None
+        try:  # a file that fails on one process fails them all, without a wait
+            result = self._embed_files(paths[share], skip_errors, device,
+                                       show=distributed.is_main, allow_empty=True)
+        except ValueError as exception:
+            error = exception
+        distributed.check(error, "Embedding the image files")
+        embeddings, kept, errors = result
+        embeddings = distributed.gather_rows(embeddings, "gathering the embeddings")
+        kept = distributed.gather_rows(kept + share.start, "gathering the embeddings")
+        errors = sum(distributed.all_gather_object(errors, "gathering the errors"), [])
+        if not kept.size:
+            raise ValueError(f"None of the {len(paths)} files could be read as an image.")
+        return embeddings, kept, errors
+
+    def _embed_files(self, paths, skip_errors, device, *, show=True, allow_empty=False):
         kept, errors = [], []
         _tf()  # import torchvision here, once, not in every (forked) worker
         n_workers = min(_n_workers(self.n_jobs), -(-len(paths) // self.batch_size))
@@ -576,9 +621,11 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 done += len(indices) + len(failed)
                 yield done, batch
 
-        outputs = self._embed_batches(len(paths), batches())
+        outputs = self._embed_batches(len(paths), batches(), device, show=show) if paths else []
         if not outputs:
-            raise ValueError(f"None of the {len(paths)} files could be read as an image.")
+            if not allow_empty:
+                raise ValueError(f"None of the {len(paths)} files could be read as an image.")
+            outputs = [np.empty((0, 0))]  # this process's share held no readable file
         embeddings = np.concatenate(outputs).astype(np.float32)
         return embeddings, np.asarray(kept, dtype=np.int64), errors
 

@@ -10,7 +10,9 @@ learning-rate schedule from :mod:`torch.optim.lr_scheduler`, an exponential movi
   float16 on CUDA;
 * the optimiser step (``zero_grad`` / ``backward`` / ``step``, then the schedule and the EMA);
 * the stopping rule (:class:`StoppingRule`, sklearn's ``tol`` / ``n_iter_no_change``);
-* the per-epoch records (``history_``) and the progress lines.
+* the per-epoch records (``history_``) and the progress lines;
+* a distributed fit (:class:`Distributed`): the ``torch.distributed`` process group a fit runs
+  in, its collectives and DistributedDataParallel wrapping, failures turned into clear errors.
 
 Parameter groups (:func:`parameter_groups`), optimisers (:func:`make_optimizer`) and schedules
 (:func:`warmup_cosine_schedule`, :func:`warmup_step_schedule`) are built here once for all
@@ -19,15 +21,18 @@ methods. Nothing in this module knows about a particular method.
 
 import contextlib
 import math
+import os
 import time
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 __all__ = [
     "AssignmentTracker",
+    "Distributed",
     "ExponentialMovingAverage",
     "PRECISIONS",
     "Stage",
@@ -38,6 +43,7 @@ __all__ = [
     "native_bfloat16",
     "parameter_groups",
     "resolve_device",
+    "resolve_distributed",
     "resolve_precision",
     "warmup_cosine_schedule",
     "warmup_step_schedule",
@@ -134,6 +140,220 @@ def autocast(device, dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------- distributed
+#: Environment variables that ``torchrun`` sets for every process it starts.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def resolve_distributed(distributed, device):
+    """The process group a fit runs in (a :class:`Distributed`, or None) and its device.
+
+    Parameters
+    ----------
+    distributed : {"auto"} or bool
+        ``"auto"``: the initialised default ``torch.distributed`` process group when it has more
+        than one process (e.g. a script started by ``torchrun`` that called
+        ``init_process_group``), else None. ``False``: None, a single-process fit even inside a
+        process group. ``True``: the initialised process group, or one initialised here from
+        the environment ``torchrun`` sets (backend ``"nccl"`` for CUDA, ``"gloo"`` else); a
+        ``ValueError`` when there is neither.
+    device : torch.device
+        The resolved ``device`` parameter. In a distributed fit a CUDA device without an index
+        becomes ``cuda:LOCAL_RANK`` (one GPU per process).
+
+    Returns
+    -------
+    distributed : Distributed or None
+    device : torch.device
+    """
+    if distributed is False:
+        return None, device
+    available = torch.distributed.is_available()
+    initialised = available and torch.distributed.is_initialized()
+    if distributed is True and not initialised:
+        missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+        if not available or missing:
+            raise ValueError(
+                "distributed=True needs a torch.distributed process group: start the script "
+                "with torchrun (e.g. torchrun --nproc-per-node 2 script.py), or call "
+                "torch.distributed.init_process_group(...) before fit"
+                + (f"; the environment lacks {', '.join(missing)}." if missing else ".")
+            )
+        if device.type == "cuda":
+            torch.cuda.set_device(_local_cuda_device(device))
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        initialised = True
+    if not initialised or torch.distributed.get_world_size() < 2:
+        return None, device
+    if device.type == "cuda" and device.index is None:
+        device = _local_cuda_device(device)
+    return Distributed(device), device
+
+
+def _local_cuda_device(device):
+    if device.index is not None:
+        return device
+    rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0)))
+    return torch.device("cuda", rank % torch.cuda.device_count())
+
+
+class Distributed:
+    """The ``torch.distributed`` process group of a distributed fit and what the fit needs of it.
+
+    Every rank runs the same fit on the same data; the collectives here keep the ranks in step:
+    ``all_reduce_mean`` (batch statistics, epoch records), ``all_gather`` (per-step values that
+    every rank must know), ``gather_rows`` (each rank's share of an inference, concatenated in
+    rank order), ``broadcast`` (work done once on rank 0, e.g. mined neighbours), ``check``
+    (input or parameters that must agree) and :meth:`wrap` (a module in
+    :class:`~torch.nn.parallel.DistributedDataParallel`, whose gradients are averaged over the
+    ranks during ``backward``).
+
+    A rank that fails or stops leaves the others waiting in their next collective; the wait ends
+    after the process group's timeout (``init_process_group(timeout=...)``), and the collective's
+    error is re-raised as a ``RuntimeError`` that says so.
+
+    Parameters
+    ----------
+    device : torch.device
+        The device this rank trains on.
+    """
+
+    def __init__(self, device):
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.device = device
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.backend = dist.get_backend()
+        # NCCL communicates CUDA tensors; gloo (and MPI) CPU tensors
+        self.comm_device = device if self.backend == "nccl" else torch.device("cpu")
+
+    def __repr__(self):
+        return f"Distributed(rank={self.rank}, world_size={self.world_size}, {self.backend})"
+
+    @property
+    def is_main(self):
+        """Rank 0: the rank that prints progress and does the work done once."""
+        return self.rank == 0
+
+    @contextlib.contextmanager
+    def collective(self, what):
+        """Re-raise the failure of a collective inside as an error that says what it means."""
+        try:
+            yield
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"Distributed fit, rank {self.rank} of {self.world_size}: {what} failed "
+                f"({str(error).strip().splitlines()[-1] if str(error).strip() else error!r}). "
+                "Another rank has probably failed or stopped (its own error says why); the "
+                "wait is bounded by the process group's timeout, "
+                "init_process_group(timeout=...)."
+            ) from error
+
+    def shard(self, n):
+        """This rank's contiguous share of ``range(n)`` (shares differ by at most one)."""
+        start = n * self.rank // self.world_size
+        return slice(start, n * (self.rank + 1) // self.world_size)
+
+    def all_reduce_mean(self, tensor, what="an all-reduce"):
+        """The mean of ``tensor`` over the ranks (a new tensor on ``tensor``'s device)."""
+        reduced = tensor.detach().to(self.comm_device, copy=True)
+        with self.collective(what):
+            self._dist.all_reduce(reduced)
+        return (reduced / self.world_size).to(tensor.device)
+
+    def all_gather(self, tensor, what="an all-gather"):
+        """Every rank's ``tensor`` (all of one shape), stacked: shape ``(world_size, *shape)``."""
+        local = tensor.detach().to(self.comm_device).reshape(1, -1).contiguous()
+        gathered = torch.empty((self.world_size, local.shape[1]), dtype=local.dtype,
+                               device=self.comm_device)
+        # all_gather_single is all_gather_into_tensor's name from torch 2.14 on
+        gather = getattr(self._dist, "all_gather_single", None) or self._dist.all_gather_into_tensor
+        with self.collective(what):
+            gather(gathered, local)
+        return gathered.reshape(self.world_size, *tensor.shape).to(tensor.device)
+
+    def gather_rows(self, array, what="gathering the results"):
+        """Every rank's rows of ``array`` (numpy, any number of rows, even none), concatenated
+        in rank order; the same array on every rank."""
+        shapes = [shape for shape, _ in self.all_gather_object((array.shape, array.dtype.str),
+                                                               what)]
+        counts = [shape[0] for shape in shapes]
+        trailing = next((shape[1:] for shape in shapes if shape[0]), array.shape[1:])
+        padded = np.zeros((max(counts), *trailing), dtype=array.dtype)
+        padded[: array.shape[0]] = array
+        gathered = self.all_gather(torch.from_numpy(padded), what).numpy()
+        return np.concatenate([gathered[r, :count] for r, count in enumerate(counts)])
+
+    def all_gather_object(self, value, what="an all-gather"):
+        """Every rank's picklable ``value``, as a list in rank order."""
+        values = [None] * self.world_size
+        with self.collective(what):
+            self._dist.all_gather_object(values, value)
+        return values
+
+    def broadcast(self, array, src=0, what="a broadcast"):
+        """Rank ``src``'s numpy ``array`` on every rank (the others pass None)."""
+        meta = [(array.shape, array.dtype.str) if self.rank == src else None]
+        with self.collective(what):
+            self._dist.broadcast_object_list(meta, src=src)
+        shape, dtype = meta[0]
+        tensor = (torch.from_numpy(np.ascontiguousarray(array)) if self.rank == src
+                  else torch.from_numpy(np.empty(shape, dtype=dtype)))
+        tensor = tensor.to(self.comm_device)
+        with self.collective(what):
+            self._dist.broadcast(tensor, src=src)
+        return tensor.cpu().numpy()
+
+    def broadcast_object(self, value, src=0, what="a broadcast"):
+        """Rank ``src``'s picklable ``value`` on every rank."""
+        box = [value]
+        with self.collective(what):
+            self._dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def check(self, error, what):
+        """Raise on every rank when any rank's ``error`` (an exception or None) is not None.
+
+        Each rank passes what its own check raised: the ranks then fail together, before any
+        training, with the failed ranks named, instead of the healthy ones waiting for the
+        failed ones until the timeout.
+        """
+        message = None if error is None else f"{type(error).__name__}: {error}"
+        reports = self.all_gather_object(message, what)
+        failed = {rank: report for rank, report in enumerate(reports) if report is not None}
+        if not failed:
+            return
+        if error is not None:
+            raise error
+        first = min(failed)
+        raise ValueError(
+            f"{what} failed on rank(s) {sorted(failed)} of this distributed fit (rank {first}: "
+            f"{failed[first]}); every rank must pass the same valid data and parameters."
+        )
+
+    def agree(self, value, what):
+        """A ``ValueError`` on every rank unless all ranks pass equal ``value`` (picklable)."""
+        values = self.all_gather_object(value, what)
+        differing = [rank for rank, other in enumerate(values) if other != values[0]]
+        if differing:
+            raise ValueError(
+                f"The ranks of this distributed fit disagree on {what}: rank 0 has "
+                f"{values[0]!r}, rank {differing[0]} has {values[differing[0]]!r}. Every rank "
+                "must call fit with the same data and parameters."
+            )
+
+    def wrap(self, module):
+        """``module`` in :class:`~torch.nn.parallel.DistributedDataParallel`: its parameters
+        are rank 0's from here on, and ``backward`` averages its gradients over the ranks."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        with self.collective("wrapping the model in DistributedDataParallel"):
+            return DistributedDataParallel(module, device_ids=device_ids)
 
 
 # ---------------------------------------------------------------------- optimisers and schedules
@@ -402,7 +622,14 @@ class Stage:
     def backward(self, loss):
         """Back-propagate ``loss`` (scaled for float16); gradients accumulate until :meth:`step`."""
         scaler = self.trainer.grad_scaler
-        (loss if scaler is None else scaler.scale(loss)).backward()
+        scaled = loss if scaler is None else scaler.scale(loss)
+        distributed = self.trainer.distributed
+        if distributed is None:
+            scaled.backward()
+            return
+        # a DistributedDataParallel module averages its gradients over the ranks in here
+        with distributed.collective("the gradient all-reduce of a training step"):
+            scaled.backward()
 
     def step(self, loss=None):
         """One optimiser step; with ``loss``, first ``zero_grad`` and ``backward(loss)``.
@@ -449,16 +676,20 @@ class Trainer:
         0: silent; 1: about 20 progress lines per stage; 2: every epoch.
     name : str
         Prefix of the progress lines (the estimator's class name).
+    distributed : Distributed or None
+        The process group of a distributed fit: only its rank 0 prints. The epochs' records,
+        and so the stopping rule, must be the same on every rank (the methods reduce them).
     """
 
     def __init__(self, device, dtype=torch.float32, *, history=None, tol=None,
-                 n_iter_no_change=5, verbose=0, name="skdeepcluster"):
+                 n_iter_no_change=5, verbose=0, name="skdeepcluster", distributed=None):
         self.device = device
         self.dtype = dtype
         self.history = [] if history is None else history
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
-        self.verbose = verbose
+        self.distributed = distributed
+        self.verbose = verbose if distributed is None or distributed.is_main else 0
         self.name = name
         self.grad_scaler = (
             torch.amp.GradScaler("cuda") if dtype == torch.float16 and device.type == "cuda"

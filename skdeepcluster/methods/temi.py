@@ -4,7 +4,8 @@ import copy
 import functools
 import math
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import numpy as np
@@ -13,9 +14,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ..base import BaseDeepClusterer
-from ..data import iterate_batches
+from ..data import batch_to_tensor, iterate_batches, rows_to_device
 from ..engine import (
     AssignmentTracker,
+    Distributed,
     ExponentialMovingAverage,
     make_optimizer,
     parameter_groups,
@@ -43,14 +45,25 @@ def auto_teacher_momentum(total_steps, paper_momentum=0.996):
 
 @dataclass
 class _PairData:
-    """What the TEMI epochs share: features, neighbours, prior, tracked assignments."""
+    """What the TEMI epochs share: features, neighbours, prior, tracked assignments.
 
-    features: torch.Tensor
+    ``rows(indices)`` returns the features of samples ``indices`` as a float32 tensor on the
+    training device. ``batch_size`` is the global batch; in a distributed fit each rank trains
+    on its ``local`` slice of it, through its ``wrapped`` head groups
+    (DistributedDataParallel, rebuilt when ``wrapped_frozen``, the last layer's state, changes).
+    """
+
+    rows: Callable[[torch.Tensor], torch.Tensor]
+    n_samples: int
     neighbors: torch.Tensor
     batch_size: int
     generator: torch.Generator
     prior: torch.Tensor
     assignments: AssignmentTracker
+    distributed: Distributed | None = None
+    local: slice = field(default_factory=lambda: slice(None))
+    wrapped: list | None = None
+    wrapped_frozen: bool | None = None
 
 
 class TEMIClusterer(BaseDeepClusterer):
@@ -122,6 +135,14 @@ class TEMIClusterer(BaseDeepClusterer):
         Width of each head's L2-normalised bottleneck.
     neighbor_index : {"auto", "exact", "approximate"}, default="auto"
         faiss index for mining (see :func:`~skdeepcluster.mine_neighbors`).
+    distributed : "auto" or bool, default="auto"
+        Distributed fit over the processes of a ``torch.distributed`` process group (e.g.
+        ``torchrun --nproc-per-node N script.py``; see the "Large data and several GPUs" page).
+        ``"auto"``: when an initialised process group has more than one process. ``True``:
+        always; the process group is initialised from torchrun's environment if the script did
+        not (``"nccl"`` on CUDA, ``"gloo"`` on CPUs). ``False``: one process, even inside a
+        process group. Every process must call ``fit`` with the same X and parameters; each
+        trains on its share of every batch, and all end with the same fitted model.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Arithmetic of the heads' matrix products (autocast); weights, optimiser state and the
         loss stay float32. ``"auto"``: bfloat16 where the device computes it natively (CUDA
@@ -166,6 +187,8 @@ class TEMIClusterer(BaseDeepClusterer):
         (:class:`~skdeepcluster.nn.heads.HeadGroups` of batched ``TEMIHeads``).
     n_features_in_ : int
         Number of features (values per image for image input).
+    world_size_ : int
+        Number of processes that trained the model (1 unless ``distributed``).
 
     See Also
     --------
@@ -243,7 +266,11 @@ class TEMIClusterer(BaseDeepClusterer):
         "hidden_dim": [Interval(Integral, 1, None, closed="left")],
         "bottleneck_dim": [Interval(Integral, 1, None, closed="left")],
         "neighbor_index": [StrOptions({"auto", "exact", "approximate"})],
+        "distributed": [StrOptions({"auto"}), "boolean"],
     }
+
+    # features are read batch by batch: a float16 (memory-mapped) matrix stays float16
+    _feature_dtypes = (np.float32, np.float64, np.float16)
 
     def __init__(
         self,
@@ -271,6 +298,7 @@ class TEMIClusterer(BaseDeepClusterer):
         hidden_dim=512,
         bottleneck_dim=256,
         neighbor_index="auto",
+        distributed="auto",
         precision="auto",
         device="auto",
         random_state=None,
@@ -299,10 +327,14 @@ class TEMIClusterer(BaseDeepClusterer):
         self.hidden_dim = hidden_dim
         self.bottleneck_dim = bottleneck_dim
         self.neighbor_index = neighbor_index
+        self.distributed = distributed
         self.precision = precision
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+
+    def _distributed_setting(self):
+        return self.distributed
 
     def _check_fit_params(self, X):
         if self.input_kind_ == "images" and self.backbone is None:
@@ -320,7 +352,13 @@ class TEMIClusterer(BaseDeepClusterer):
         backbone = nn.Identity() if self.backbone is None else copy.deepcopy(self.backbone)
         backbone.requires_grad_(False)
         self.module_ = nn.ModuleDict({"backbone": backbone})
-        features = self._apply_batched(X, self._embed)  # frozen representation, computed once
+        distributed = trainer.distributed
+        if self.backbone is None:
+            # the validated input itself, read batch by batch: a memory-mapped matrix stays on
+            # disk (never converted or copied whole)
+            features = X
+        else:  # frozen representation, computed once (each rank its share when distributed)
+            features = self._apply_batched(X, self._embed, shard=True)
         n_samples, n_features = features.shape
 
         # Sec. 3.1: the k nearest neighbours of every sample by cosine similarity, itself excluded
@@ -332,12 +370,10 @@ class TEMIClusterer(BaseDeepClusterer):
                 UserWarning,
                 stacklevel=4,
             )
-        self.neighbors_ = mine_neighbors(
-            features, n_neighbors, include_self=False, index=self.neighbor_index
-        )
+        self.neighbors_ = self._mine(features, n_neighbors, distributed)
 
         # Sec. 3.2: H student heads; the teachers are their exponential moving average
-        batch_size = min(self.batch_size, n_samples)
+        batch_size, local = self._batch_shares(n_samples, distributed)
         # On a CPU the heads run in cache-sized groups (one group on a GPU), each group with its
         # own tensors; the gradients are those of one batched computation.
         student = HeadGroups(
@@ -348,7 +384,8 @@ class TEMIClusterer(BaseDeepClusterer):
                 hidden_dim=self.hidden_dim,
                 bottleneck_dim=self.bottleneck_dim,
             ),
-            head_group_sizes(self.n_heads, 2 * batch_size, self.hidden_dim, device),
+            head_group_sizes(self.n_heads, 2 * (local.stop - local.start), self.hidden_dim,
+                             device),
         )
         teacher = copy.deepcopy(student).requires_grad_(False)
         self.module_.update({"student": student, "teacher": teacher})
@@ -378,8 +415,13 @@ class TEMIClusterer(BaseDeepClusterer):
             return self.teacher_momentum_
 
         ema = ExponentialMovingAverage(teacher.parameters(), student.parameters(), teacher_momentum)
+        if device.type == "cpu":  # read from X (or the embeddings) batch by batch
+            rows = functools.partial(batch_to_tensor, features, device=device)
+        else:  # the features on the accelerator, uploaded in chunks, then gathered there
+            rows = rows_to_device(features, device).__getitem__
         pairs = _PairData(
-            features=torch.from_numpy(features).to(device),
+            rows=rows,
+            n_samples=n_samples,
             neighbors=torch.from_numpy(self.neighbors_).to(device),
             batch_size=batch_size,
             generator=generator,
@@ -388,6 +430,8 @@ class TEMIClusterer(BaseDeepClusterer):
             assignments=AssignmentTracker(
                 n_samples, n_heads=self.n_heads, n_clusters=self.n_clusters, device=device
             ),
+            distributed=distributed,
+            local=local,
         )
         stage = trainer.stage(
             "temi",
@@ -405,6 +449,58 @@ class TEMIClusterer(BaseDeepClusterer):
         self.best_head_ = int(np.argmin(self.head_losses_))
         self.cluster_prior_ = pairs.prior.cpu().numpy()
 
+    def _mine(self, features, n_neighbors, distributed):
+        """The neighbour lists; in a distributed fit mined once, on rank 0, and shared."""
+        if distributed is None:
+            return mine_neighbors(
+                features, n_neighbors, include_self=False, index=self.neighbor_index
+            )
+        neighbors, error = None, None
+        if distributed.is_main:
+            try:
+                neighbors = mine_neighbors(
+                    features, n_neighbors, include_self=False, index=self.neighbor_index
+                )
+            except Exception as exception:  # the other ranks must not wait for it
+                error = exception
+        distributed.check(error, "Mining the neighbours (rank 0)")
+        return distributed.broadcast(neighbors, what="sharing the mined neighbours")
+
+    def _batch_shares(self, n_samples, distributed):
+        """The global batch size and this rank's slice of every batch (equal shares)."""
+        batch_size = min(self.batch_size, n_samples)
+        if distributed is None:
+            return batch_size, slice(0, batch_size)
+        world_size = distributed.world_size
+        if batch_size < world_size:
+            raise ValueError(
+                f"batch_size={batch_size} is smaller than the {world_size} processes of this "
+                "distributed fit: every process needs at least one anchor per step."
+            )
+        if batch_size % world_size:
+            batch_size -= batch_size % world_size
+            warnings.warn(
+                f"batch_size={self.batch_size} is not a multiple of the {world_size} "
+                f"processes; using {batch_size}, so that every process trains on an equal share.",
+                UserWarning,
+                stacklevel=5,
+            )
+        share = batch_size // world_size
+        return batch_size, slice(distributed.rank * share, (distributed.rank + 1) * share)
+
+    def _training_groups(self, pairs, student, frozen):
+        """The head groups a step trains: the student's own, or, in a distributed fit, each
+        in DistributedDataParallel (one gradient all-reduce per group and step, overlapped with
+        the next group's computation; one group, so one all-reduce of all stacked heads, on a
+        GPU). Re-wrapped when the last layer is frozen or thawed, since DDP keeps the
+        parameters that need gradients when it is built."""
+        if pairs.distributed is None:
+            return student.groups
+        if pairs.wrapped is None or pairs.wrapped_frozen != frozen:
+            pairs.wrapped = [pairs.distributed.wrap(group) for group in student.groups]
+            pairs.wrapped_frozen = frozen
+        return pairs.wrapped
+
     def _temi_epoch(self, pairs, stage):
         """One epoch of anchor/neighbour pairs; returns the epoch's record.
 
@@ -418,34 +514,51 @@ class TEMIClusterer(BaseDeepClusterer):
         student, teacher = self.module_["student"], self.module_["teacher"]
         student.train()
         # authors' code option: the last layer gets no update during the first epochs
+        frozen = stage.epoch < self.freeze_last_layer_epochs
         for group in student.groups:
-            group.last_layer.requires_grad_(stage.epoch >= self.freeze_last_layer_epochs)
-        n_heads, n_samples = self.n_heads, pairs.features.shape[0]
+            group.last_layer.requires_grad_(not frozen)
+        groups = self._training_groups(pairs, student, frozen)
+        distributed = pairs.distributed
+        reduce_mean = None if distributed is None else functools.partial(
+            distributed.all_reduce_mean, what="the cluster prior's batch statistics"
+        )
+        n_heads = self.n_heads
         head_loss_sum = torch.zeros(n_heads, device=stage.device)
         n_steps = 0
-        for anchors in iterate_batches(
-            n_samples, pairs.batch_size, shuffle=True, generator=pairs.generator, drop_last=True
+        for batch in iterate_batches(
+            pairs.n_samples, pairs.batch_size, shuffle=True, generator=pairs.generator,
+            drop_last=True,
         ):
+            # every rank draws the whole batch and takes its share: the global batch is the
+            # batch of a single-process fit with the same seed
             choice = torch.randint(
-                pairs.neighbors.shape[1], (anchors.numel(),), generator=pairs.generator
+                pairs.neighbors.shape[1], (batch.numel(),), generator=pairs.generator
             )
-            anchors = anchors.to(stage.device)
-            neighbours = pairs.neighbors[anchors, choice.to(stage.device)]
-            inputs = torch.cat([pairs.features[anchors], pairs.features[neighbours]])
+            anchors = batch[pairs.local].to(stage.device)
+            neighbours = pairs.neighbors[anchors, choice[pairs.local].to(stage.device)]
+            inputs = torch.cat([pairs.rows(anchors), pairs.rows(neighbours)])
             with torch.no_grad():
                 with stage.autocast():
                     teacher_logits = teacher(inputs)
                 teacher_logits = teacher_logits.float()
                 teacher_probs = torch.softmax(teacher_logits / self.tau, dim=-1)
-                # Eq. (6): the prior is updated before this step's loss
-                pairs.prior = update_cluster_prior(pairs.prior, teacher_probs, self.prior_momentum)
+                # Eq. (6): the prior is updated before this step's loss (with the batch mean
+                # over all ranks in a distributed fit)
+                pairs.prior = update_cluster_prior(
+                    pairs.prior, teacher_probs, self.prior_momentum, reduce=reduce_mean
+                )
                 probs_x, probs_y = teacher_probs.chunk(2, dim=1)
                 weights = instance_weights(probs_x, probs_y, self.loss)
-                pairs.assignments.update(anchors, probs_x.argmax(dim=-1))
+                clusters = probs_x.argmax(dim=-1)
+                if distributed is not None:  # (ranks, H, share) → (H, batch), in batch order
+                    clusters = distributed.all_gather(
+                        clusters, "sharing the step's assignments"
+                    ).transpose(0, 1).reshape(n_heads, -1)
+                pairs.assignments.update(batch.to(stage.device), clusters)
             log_prior = pairs.prior.log()
             teacher_x, teacher_y = teacher_logits.chunk(2, dim=1)
             stage.zero_grad()
-            for group, heads in zip(student.groups, student.slices, strict=True):
+            for group, heads in zip(groups, student.slices, strict=True):
                 with stage.autocast():
                     student_x, student_y = group(inputs).chunk(2, dim=1)
                 head_losses = temi_pair_loss(
@@ -456,10 +569,14 @@ class TEMIClusterer(BaseDeepClusterer):
                     tau=self.tau,
                     weights=weights[heads],
                 )
-                stage.backward(head_losses.sum() / n_heads)  # the loss is the mean over heads
+                # the loss is the mean over heads (and over the ranks' shares: DDP averages
+                # the gradients)
+                stage.backward(head_losses.sum() / n_heads)
                 head_loss_sum[heads] += head_losses.detach()
             stage.step()
             n_steps += 1
+        if distributed is not None:  # every rank selects the same best head
+            head_loss_sum = distributed.all_reduce_mean(head_loss_sum, "the epoch's losses")
         head_losses = (head_loss_sum / max(n_steps, 1)).cpu().numpy()
         self.head_losses_ = head_losses
         return {

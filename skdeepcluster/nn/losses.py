@@ -9,7 +9,7 @@ import torch
 __all__ = ["pmi", "temi_pair_loss", "instance_weights", "update_cluster_prior"]
 
 
-def update_cluster_prior(prior, teacher_probs, momentum):
+def update_cluster_prior(prior, teacher_probs, momentum, *, reduce=None):
     """EMA of the cluster marginal, TEMI Eq. (6): ``q̃ ← m·q̃ + (1−m)·mean_batch q_t``.
 
     Parameters
@@ -18,8 +18,14 @@ def update_cluster_prior(prior, teacher_probs, momentum):
     teacher_probs : Tensor (H, B, K)
         Teacher probabilities of every sample of the step (anchors and neighbours).
     momentum : float
+    reduce : callable or None
+        Applied to the batch mean (H, K) before the update: in a distributed fit, the mean over
+        the ranks' equal shares, which is the mean over the whole batch.
     """
-    return momentum * prior + (1.0 - momentum) * teacher_probs.mean(dim=1)
+    batch_mean = teacher_probs.mean(dim=1)
+    if reduce is not None:
+        batch_mean = reduce(batch_mean)
+    return momentum * prior + (1.0 - momentum) * batch_mean
 
 
 def pmi(student_log_probs, teacher_log_probs, log_prior, beta):
