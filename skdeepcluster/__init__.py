@@ -28,6 +28,7 @@ _EXPORTS = {
     "clustering_accuracy": ".metrics",
     "clustering_accuracy_score": ".metrics",
     "mine_neighbors": ".neighbors",
+    "neighbor_recall": ".neighbors",
     "overclustering_accuracy": ".metrics",
     "overclustering_accuracy_score": ".metrics",
 }
@@ -48,6 +49,7 @@ __all__ = [  # = list(_EXPORTS), spelled out for static analysers
     "clustering_accuracy",
     "clustering_accuracy_score",
     "mine_neighbors",
+    "neighbor_recall",
     "overclustering_accuracy",
     "overclustering_accuracy_score",
 ]
@@ -68,7 +70,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
         overclustering_accuracy,
         overclustering_accuracy_score,
     )
-    from .neighbors import mine_neighbors
+    from .neighbors import mine_neighbors, neighbor_recall
 
 
 def __getattr__(name):
