@@ -8,6 +8,7 @@ from sklearn.datasets import load_digits, make_blobs
 from sklearn.exceptions import ConvergenceWarning
 
 from skdeepcluster import TEMIClusterer, clustering_accuracy_score
+from skdeepcluster.data import rows_to_device
 from skdeepcluster.methods.temi import auto_teacher_momentum
 from skdeepcluster.nn.heads import HeadGroups, MultiHeadLinear, TEMIHeads, head_group_sizes
 from skdeepcluster.nn.losses import instance_weights, pmi, temi_pair_loss, update_cluster_prior
@@ -238,3 +239,57 @@ def test_digits_accuracy_beats_kmeans(digits):
           f"in {time.perf_counter() - start:.0f}s")
     assert accuracy >= 0.90
     assert accuracy >= kmeans_acc + 0.08
+
+
+def _mixture_memmap(path, dtype, n_samples=40_000, n_features=128):
+    """A seeded Gaussian mixture written to ``path`` as a .npy file, reopened read-only."""
+    X, _ = make_blobs(n_samples=n_samples, n_features=n_features, centers=5, random_state=0)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=X.shape)
+    out[:] = X
+    out.flush()
+    del out
+    return np.load(path, mmap_mode="r")
+
+
+OUT_OF_CORE = dict(n_clusters=5, n_heads=1, n_neighbors=5, max_epochs=1, batch_size=256,
+                   hidden_dim=32, bottleneck_dim=16, tol=None, random_state=0, device="cpu")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_memory_mapped_matrix_is_read_in_pieces_never_whole(tmp_path, dtype, monkeypatch):
+    import tracemalloc
+
+    X = _mixture_memmap(tmp_path / "X.npy", dtype)
+    before = np.array(X)
+    TEMIClusterer(**OUT_OF_CORE).fit(before[:500])  # the imports a first fit makes
+    # torch's tensors are not traced: record the batched passes over X instead (an embedding
+    # pass of the identity would be a float32 copy of X in torch memory)
+    passes = []
+    apply_batched = TEMIClusterer._apply_batched
+
+    def recording(self, X, function, *args, **kwargs):
+        passes.append(function.__name__)
+        return apply_batched(self, X, function, *args, **kwargs)
+
+    monkeypatch.setattr(TEMIClusterer, "_apply_batched", recording)
+    tracemalloc.start()  # numpy's allocations (not faiss' index, not torch's tensors)
+    try:
+        model = TEMIClusterer(**OUT_OF_CORE).fit(X)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert passes == ["_predict_tensor", "_transform_tensor"]  # labels_, the output width
+    # a float32 copy of X (validation, normalisation, the training features) would be
+    # 20 MB; what is allocated is O(batch) — the mining's blocks of 4 096 queries (5-6 MB)
+    # — plus the neighbour lists and the labels (3 MB)
+    float32_copy = X.shape[0] * X.shape[1] * 4
+    assert peak < float32_copy / 2, f"peak numpy allocation {peak} bytes"
+    np.testing.assert_array_equal(np.asarray(X), before)
+    # the same fit as on the array in memory
+    in_memory = TEMIClusterer(**OUT_OF_CORE).fit(before)
+    np.testing.assert_array_equal(model.labels_, in_memory.labels_)
+    np.testing.assert_array_equal(model.neighbors_, in_memory.neighbors_)
+    np.testing.assert_array_equal(model.predict(X[:1000]), in_memory.labels_[:1000])
+    # on an accelerator the rows are uploaded in blocks (here the CPU stands for it)
+    uploaded = rows_to_device(X, torch.device("cpu"), batch_size=9999)
+    np.testing.assert_array_equal(uploaded.numpy(), before.astype(np.float32))
