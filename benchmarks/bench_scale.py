@@ -1,4 +1,4 @@
-"""Scaling benchmark: synthetic embeddings on disk (memmaps), neighbour mining at 10 k - 1 M.
+"""Scaling benchmark: synthetic embeddings on disk (memmaps), mining and TEMI at 10 k - 1 M.
 
 Subcommands (each prints a table and writes ``benchmarks/results/scale_<part>.json``)::
 
@@ -6,6 +6,9 @@ Subcommands (each prints a table and writes ``benchmarks/results/scale_<part>.js
     python benchmarks/bench_scale.py mining --n 10000 100000 1000000  # mine_neighbors, k=50
     python benchmarks/bench_scale.py indexes --n 1000000     # candidate faiss indexes at one n
     python benchmarks/bench_scale.py indexes --n 200000 --candidates flat  # exact, sampled
+    python benchmarks/bench_scale.py temi --n 10000 100000 1000000  # TEMI fit on the memmap
+    python benchmarks/bench_scale.py ddp --n 10000          # 1 process vs 2 gloo processes
+    python benchmarks/bench_scale.py gpu-epoch              # 1.28 M x 768, 50 heads, one GPU
 
 The data: ``n`` rows of ``d = 384`` features drawn from a mixture of 100 clusters. Each cluster
 has a centre uniform on the unit sphere and its own random 32-dimensional subspace: a sample is
@@ -369,6 +372,174 @@ INDEX_COLUMNS = [
 ]
 
 
+# ----------------------------------------------------------------------------- TEMI
+
+
+def temi_run(path, n, n_heads, epochs=1, **params):
+    """One TEMI fit on the first ``n`` rows of the memmap at ``path`` (read in place)."""
+    from skdeepcluster import TEMIClusterer
+
+    X = np.load(path, mmap_mode="r")[:n]
+    model = TEMIClusterer(n_clusters=N_CLUSTERS, n_heads=n_heads, max_epochs=epochs, tol=None,
+                          random_state=0, device="cpu", **params)
+    wall = time.perf_counter()
+    model.fit(X)
+    fit_s = time.perf_counter() - wall
+    epochs = [entry for entry in model.history_ if entry["stage"] == "temi"]
+    epoch_s = float(np.median([entry["seconds"] for entry in epochs]))
+    steps = model.n_steps_ // len(epochs)
+    return {"n": n, "n_heads": n_heads, "batch_size": model.batch_size_, "fit_s": fit_s,
+            "epoch_s": epoch_s, "epoch_cpu_s": float(np.median([e["cpu_seconds"] for e in epochs])),
+            "steps_per_epoch": steps, "step_s": epoch_s / steps, "head_groups": model.head_groups_}
+
+
+def temi(args):
+    rows = []
+    for n in args.n:
+        row = measure("temi_run", threads=args.threads, path=file_for(args.dir, n, args.dtype),
+                      n=n, n_heads=args.heads, epochs=args.epochs)
+        row.update(dtype=args.dtype, file_mb=n * D * np.dtype(args.dtype).itemsize / 2**20)
+        row["rss_budget_mb"] = 1.5 * row["file_mb"] + 1024
+        rows.append(row)
+        print_table([row], TEMI_COLUMNS)
+    print_table(rows, TEMI_COLUMNS, f"TEMIClusterer(n_clusters={N_CLUSTERS}, n_heads={args.heads},"
+                f" max_epochs={args.epochs}, tol=None).fit(memmap), {args.dtype}, "
+                f"{args.threads} threads")
+    save(f"temi_h{args.heads}_{args.dtype}_t{args.threads}", _merged(
+        f"temi_h{args.heads}_{args.dtype}_t{args.threads}", rows))
+
+
+def _merged(part, rows):
+    """``rows`` with the saved rows of other ``n`` (runs of one size at a time add up)."""
+    path = RESULTS_DIR / f"scale_{part}.json"
+    kept = [row for row in json.loads(path.read_text())
+            if row["n"] not in {new["n"] for new in rows}] if path.exists() else []
+    return sorted(kept + rows, key=lambda row: row["n"])
+
+
+TEMI_COLUMNS = [
+    ("n", "n", "d"), ("file MB", "file_mb", ".0f"), ("fit s", "fit_s", ".0f"),
+    ("epoch s", "epoch_s", ".1f"), ("epoch CPU s", "epoch_cpu_s", ".1f"),
+    ("steps", "steps_per_epoch", "d"), ("s/step", "step_s", ".3f"),
+    ("peak RSS MB", "peak_rss_mb", ".0f"), ("budget MB", "rss_budget_mb", ".0f"),
+    ("peak anon MB", "peak_anon_mb", ".0f"), ("peak file MB", "peak_file_mb", ".0f"),
+]
+
+
+# ----------------------------------------------------------------------------- DDP throughput
+
+
+def ddp_worker(path, n, epochs, out):
+    """A TEMI fit with its defaults but ``max_epochs=epochs`` (run alone, or under torchrun, where
+    ``distributed="auto"`` makes it distributed); rank 0 writes its per-step time to ``out``."""
+    import torch
+
+    from skdeepcluster import TEMIClusterer
+
+    if "RANK" in os.environ:
+        torch.distributed.init_process_group("gloo")
+    X = np.load(path, mmap_mode="r")[:n]
+    model = TEMIClusterer(n_clusters=N_CLUSTERS, max_epochs=epochs, tol=None, random_state=0,
+                          device="cpu").fit(X)
+    if model.world_size_ == 1 or torch.distributed.get_rank() == 0:
+        entries = [entry for entry in model.history_ if entry["stage"] == "temi"][1:]
+        steps = model.n_steps_ // epochs
+        Path(out).write_text(json.dumps({
+            "world_size": model.world_size_, "threads": torch.get_num_threads(),
+            "step_s": float(np.median([e["seconds"] for e in entries])) / steps,
+            "step_cpu_s": float(np.median([e["cpu_seconds"] for e in entries])) / steps,
+            "steps_per_epoch": steps, "batch_size": model.batch_size_,
+            "labels": model.labels_[:2000].tolist()}))
+    if model.world_size_ > 1:
+        torch.distributed.destroy_process_group()
+
+
+def ddp(args):
+    """Per-step time of TEMI's defaults: 1 process (1 and 2 threads) against 2 gloo processes
+    of 1 thread each, the same global batch, interleaved ``repeats`` times."""
+    path = file_for(args.dir, args.n)
+    configs = [("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2),
+               ("2 processes (gloo), 1 thread each", 2, 1)]
+    results = {name: [] for name, _, _ in configs}
+    labels = {}
+    for repeat in range(args.repeats):
+        for name, processes, threads in configs:
+            out = Path(args.dir) / f"_ddp_{processes}_{threads}.json"
+            worker = [os.path.abspath(__file__), "_ddp_worker", path, str(args.n),
+                      str(args.epochs), str(out)]
+            command = [sys.executable, *worker] if processes == 1 else [
+                sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", str(processes), *worker]
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            run = subprocess.run(command, capture_output=True, text=True, env=env)
+            if run.returncode != 0:
+                raise RuntimeError(f"{name} failed:\n{run.stderr[-3000:]}")
+            result = json.loads(out.read_text())
+            out.unlink()
+            labels[name] = np.array(result.pop("labels"))
+            results[name].append(result)
+            print(f"repeat {repeat}: {name}: {result['step_s']:.3f} s/step", flush=True)
+    rows = []
+    single_1 = [r["step_s"] for r in results[configs[0][0]]]
+    single_2 = [r["step_s"] for r in results[configs[1][0]]]
+    for name, _, _ in configs:
+        steps = [r["step_s"] for r in results[name]]
+        rows.append({
+            "config": name, "step_s": float(np.median(steps)),
+            "step_cpu_s": float(np.median([r["step_cpu_s"] for r in results[name]])),
+            # throughput ratio, pair by pair (the same repeat), against one process
+            "vs_1_thread": float(np.median(np.array(single_1) / np.array(steps))),
+            "vs_2_threads": float(np.median(np.array(single_2) / np.array(steps))),
+            "label_agreement": float(np.mean(labels[name] == labels[configs[0][0]])),
+        })
+    print_table(rows, DDP_COLUMNS, f"TEMI defaults (50 heads, batch 512), n={args.n}, d={D}, "
+                f"median of {args.repeats} interleaved repeats, epochs 2-{args.epochs}")
+    save(f"ddp_n{args.n}", {"rows": rows, "runs": results})
+
+
+DDP_COLUMNS = [
+    ("configuration", "config", "s"), ("s/step", "step_s", ".3f"),
+    ("rank-0 CPU s/step", "step_cpu_s", ".3f"), ("throughput vs 1p1t", "vs_1_thread", ".2f"),
+    ("throughput vs 1p2t", "vs_2_threads", ".2f"), ("labels = 1p1t", "label_agreement", ".3f"),
+]
+
+
+# ----------------------------------------------------------------------------- one GPU
+
+
+def gpu_epoch(args):
+    """A TEMI epoch over ``n`` × ``d`` synthetic embeddings (the paper's ImageNet: 1.28 M × 768)
+    with 50 heads on one CUDA GPU; the fit's mining (faiss-gpu when installed) timed apart."""
+    import torch
+
+    from skdeepcluster import TEMIClusterer
+
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu-epoch needs a CUDA device; this machine has none.")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    centres = torch.randn(1000, args.d, device="cuda", generator=generator)
+    assignment = torch.randint(1000, (args.n,), device="cuda", generator=generator)
+    X = np.empty((args.n, args.d), dtype=np.float16)
+    for start in range(0, args.n, 100_000):  # a 1000-class mixture, built on the GPU in blocks
+        block = assignment[start:start + 100_000]
+        noise = torch.randn(block.numel(), args.d, device="cuda", generator=generator)
+        X[start:start + 100_000] = (centres[block] + 0.5 * noise).half().cpu().numpy()
+    model = TEMIClusterer(n_clusters=1000, max_epochs=args.epochs, tol=None, random_state=0,
+                          device="cuda", verbose=1)
+    wall = time.perf_counter()
+    model.fit(X)
+    fit_s = time.perf_counter() - wall
+    epochs = [entry for entry in model.history_ if entry["stage"] == "temi"]
+    row = {"device": torch.cuda.get_device_name(), "n": args.n, "d": args.d,
+           "n_heads": model.n_heads, "precision": model.precision_, "fit_s": fit_s,
+           "epoch_s": [entry["seconds"] for entry in epochs],
+           "steps_per_epoch": model.n_steps_ // len(epochs),
+           "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
+    row["mining_and_prediction_s"] = fit_s - sum(row["epoch_s"])
+    print(json.dumps(row, indent=2))
+    save(f"gpu_epoch_n{args.n}_d{args.d}", row)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -402,6 +573,28 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=indexes)
 
+    p = sub.add_parser("temi", help="TEMI fits on the memmaps, in fresh processes")
+    p.add_argument("--dir", default=str(DEFAULT_DIR))
+    p.add_argument("--n", type=int, nargs="+", default=list(SIZES))
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=temi)
+
+    p = sub.add_parser("ddp", help="TEMI steps: 1 process against 2 gloo processes (torchrun)")
+    p.add_argument("--dir", default=str(DEFAULT_DIR))
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
+    p.set_defaults(func=ddp)
+
+    p = sub.add_parser("gpu-epoch", help="a TEMI epoch, 50 heads, on one CUDA GPU")
+    p.add_argument("--n", type=int, default=1_281_167)
+    p.add_argument("--d", type=int, default=768)
+    p.add_argument("--epochs", type=int, default=1)
+    p.set_defaults(func=gpu_epoch)
+
     args = parser.parse_args(argv)
     args.func(args)
 
@@ -409,5 +602,7 @@ def main(argv=None):
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "_child":
         _child(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 6 and sys.argv[1] == "_ddp_worker":
+        ddp_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:
         main()

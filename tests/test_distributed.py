@@ -58,8 +58,10 @@ def test_two_processes_give_the_single_process_fit(tmp_path):
     single = TEMIClusterer(**distributed_fit.PARAMS, distributed=False).fit(X)
 
     assert single.world_size_ == 1
+    assert single.head_groups_ == 2  # the heads' grouping is part of what must match
     for result in ranks:
         assert int(result["world_size"]) == 2
+        assert int(result["head_groups"]) == 2
         assert int(result["n_steps"]) == single.n_steps_  # the same global batch
         np.testing.assert_array_equal(result["neighbors"], single.neighbors_)
         assert int(result["best_head"]) == single.best_head_

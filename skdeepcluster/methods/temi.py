@@ -375,7 +375,10 @@ class TEMIClusterer(BaseDeepClusterer):
         # Sec. 3.2: H student heads; the teachers are their exponential moving average
         batch_size, local = self._batch_shares(n_samples, distributed)
         # On a CPU the heads run in cache-sized groups (one group on a GPU), each group with its
-        # own tensors; the gradients are those of one batched computation.
+        # own tensors; the gradients are those of one batched computation. The groups are sized
+        # for the global batch, also in a distributed fit: the grouping decides the order in
+        # which the heads are initialised, so a distributed fit starts from the weights of a
+        # single-process one.
         student = HeadGroups(
             functools.partial(
                 TEMIHeads,
@@ -384,8 +387,7 @@ class TEMIClusterer(BaseDeepClusterer):
                 hidden_dim=self.hidden_dim,
                 bottleneck_dim=self.bottleneck_dim,
             ),
-            head_group_sizes(self.n_heads, 2 * (local.stop - local.start), self.hidden_dim,
-                             device),
+            head_group_sizes(self.n_heads, 2 * batch_size, self.hidden_dim, device),
         )
         teacher = copy.deepcopy(student).requires_grad_(False)
         self.module_.update({"student": student, "teacher": teacher})
