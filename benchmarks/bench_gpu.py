@@ -6,8 +6,10 @@
 It runs ``bench_speed.py`` with ``--device cuda``: the GEMM rates of float32 / bfloat16, the
 TEMI step (50 heads, batch 512, d = 64 and 784, in float32 and in the precision ``"auto"``
 picks, against the authors' per-head loop), the convnet steps, every estimator's defaults on
-digits and the bfloat16 / float32 comparison. Results go to ``benchmarks/results/speed_*.json``
-like the CPU runs; record them in ``doc/benchmarks.rst`` with this command.
+digits and the bfloat16 / float32 comparison, then ``bench_scale.py gpu-epoch``: a TEMI epoch
+over 1.28 M × 768 embeddings with 50 heads. Results go to ``benchmarks/results/speed_*.json``
+and ``scale_gpu_epoch_*.json`` like the CPU runs; record them in ``doc/benchmarks.rst`` with this
+command.
 """
 
 import argparse
@@ -47,6 +49,9 @@ def main():
     seeds = [str(seed) for seed in args.seeds]
     run("defaults", "--seeds", *seeds, "--tag", "digits_cuda")
     run("precision", "--seeds", *seeds, "--tag", "digits_cuda")
+    command = [sys.executable, os.path.join(HERE, "bench_scale.py"), "gpu-epoch"]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
 
 
 if __name__ == "__main__":

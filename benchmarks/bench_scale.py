@@ -324,14 +324,21 @@ def index_run(path, n, k, name, nlist=4096, values=None, threads=2, n_timing=20_
             "search_peak_rss_mb": peak_before_size, "rows": rows}
 
 
-def mining(args):
+def per_size(target, args, columns, **kwargs):
+    """``measure(target, path=..., n=n, **kwargs)`` for every ``args.n`` on its memmap, each row
+    printed as it comes, with the memmap's dtype and size."""
     rows = []
     for n in args.n:
-        row = measure("mining_run", threads=args.threads, path=file_for(args.dir, n, args.dtype),
-                      n=n, k=args.k, index=args.index)
+        row = measure(target, threads=args.threads, path=file_for(args.dir, n, args.dtype), n=n,
+                      **kwargs)
         row.update(dtype=args.dtype, file_mb=n * D * np.dtype(args.dtype).itemsize / 2**20)
         rows.append(row)
-        print_table([row], MINING_COLUMNS)
+        print_table([row], columns)
+    return rows
+
+
+def mining(args):
+    rows = per_size("mining_run", args, MINING_COLUMNS, k=args.k, index=args.index)
     print_table(rows, MINING_COLUMNS, f"mine_neighbors(X, {args.k}), {args.dtype} memmap, "
                 f"{args.threads} threads")
     save(f"mining_{args.index}_{args.dtype}_t{args.threads}", rows)
@@ -394,14 +401,9 @@ def temi_run(path, n, n_heads, epochs=1, **params):
 
 
 def temi(args):
-    rows = []
-    for n in args.n:
-        row = measure("temi_run", threads=args.threads, path=file_for(args.dir, n, args.dtype),
-                      n=n, n_heads=args.heads, epochs=args.epochs)
-        row.update(dtype=args.dtype, file_mb=n * D * np.dtype(args.dtype).itemsize / 2**20)
+    rows = per_size("temi_run", args, TEMI_COLUMNS, n_heads=args.heads, epochs=args.epochs)
+    for row in rows:  # the issue's target: 1.5 x the memmap + 1 GB
         row["rss_budget_mb"] = 1.5 * row["file_mb"] + 1024
-        rows.append(row)
-        print_table([row], TEMI_COLUMNS)
     print_table(rows, TEMI_COLUMNS, f"TEMIClusterer(n_clusters={N_CLUSTERS}, n_heads={args.heads},"
                 f" max_epochs={args.epochs}, tol=None).fit(memmap), {args.dtype}, "
                 f"{args.threads} threads")
