@@ -453,16 +453,17 @@ class TEMIClusterer(BaseDeepClusterer):
 
     def _mine(self, features, n_neighbors, distributed):
         """The neighbour lists; in a distributed fit mined once, on rank 0, and shared."""
-        if distributed is None:
+        def mine():
             return mine_neighbors(
                 features, n_neighbors, include_self=False, index=self.neighbor_index
             )
+
+        if distributed is None:
+            return mine()
         neighbors, error = None, None
         if distributed.is_main:
             try:
-                neighbors = mine_neighbors(
-                    features, n_neighbors, include_self=False, index=self.neighbor_index
-                )
+                neighbors = mine()
             except Exception as exception:  # the other ranks must not wait for it
                 error = exception
         distributed.check(error, "Mining the neighbours (rank 0)")
