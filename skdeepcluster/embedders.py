@@ -587,7 +587,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         def batches():
             for start in range(0, data.shape[0], self.batch_size):
                 stop = min(start + self.batch_size, data.shape[0])
-                rows = torch.from_numpy(np.ascontiguousarray(data[start:stop]))
+                # a copy of the batch: the input may be read-only (a memory map opened with
+                # mode "r", np.frombuffer), which torch.from_numpy warns about
+                rows = torch.from_numpy(np.array(data[start:stop]))
                 rows = rows.float().div_(255.0) if rows.dtype == torch.uint8 else rows.float()
                 yield stop, self._preprocess(rows)
 

@@ -1,6 +1,7 @@
 """ImageEmbedder and the offline datasets: layouts, lazy files, local weights, real features."""
 
 import os
+import subprocess
 import sys
 
 import joblib
@@ -290,6 +291,20 @@ def test_missing_pretrained_extra_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
     with pytest.raises(ImportError, match=r"skdeepcluster\[pretrained\]"):
         ImageEmbedder("efficientnet-lite0").fit()
+
+
+def test_read_only_images_are_embedded_without_a_warning():
+    # torch warns once per process about read-only arrays, so the check runs in a fresh one
+    code = (
+        "import numpy as np\n"
+        "from skdeepcluster import ImageEmbedder\n"
+        "images = np.zeros((3, 8, 8), np.uint8); images.setflags(write=False)\n"
+        "out = ImageEmbedder('pixels', batch_size=2).fit().transform(images)\n"
+        "assert out.shape == (3, 64)\n"
+    )
+    result = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_efficientnet_batch_norms_are_folded_without_changing_the_features():
