@@ -310,7 +310,8 @@ class BaseDeepClusterer(
         rows = X if distributed is None else X[distributed.shard(X.shape[0])]
         module = self.module_ if module is None else module
         module.to(device).eval()
-        batch_size = batch_size or max(self.batch_size, 256)
+        # batch_size_: the value used where the parameter was "auto"
+        batch_size = batch_size or max(getattr(self, "batch_size_", self.batch_size), 256)
         outputs = []
         with torch.no_grad(), autocast(device, dtype):
             for indices in iterate_batches(rows.shape[0], batch_size):

@@ -261,6 +261,48 @@ def test_quality_on_digits_images(digits):
     assert accuracy >= kmeans_acc + 0.05, (accuracy, kmeans_acc, seconds)
 
 
+def test_auto_parameters_follow_the_data_and_give_the_papers_values_at_its_scale(
+    digits, monkeypatch
+):
+    from skdeepcluster.methods import deepcluster as module
+
+    calls = {"affine": 0, "crop": 0}
+    for name, function in (("affine", "small_image_affine"), ("crop", "weak_augment")):
+        original = getattr(module, function)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, function, counting)
+
+    # 8x8 digits: as many components as clusters, 32+ steps per epoch, the affine warp
+    model = DeepClusterer(n_clusters=10, max_epochs=1, random_state=0).fit(digits[0])
+    assert (model.n_components_, model.batch_size_, model.augmentation_) == (10, 56, "affine")
+    assert model.cluster_centers_.shape == (10, 10)
+    assert calls["affine"] == -(-1797 // 56) and calls["crop"] == 0
+
+    # 32 px images: the paper's crops; explicit values are kept as given
+    images = np.random.RandomState(0).randint(0, 256, (40, 3, 32, 32)).astype(np.uint8)
+    model = DeepClusterer(n_clusters=3, max_epochs=1, n_components=4, random_state=0).fit(images)
+    assert (model.n_components_, model.batch_size_, model.augmentation_) == (4, 16, "crop")
+    assert calls["crop"] == 3
+    model = DeepClusterer(n_clusters=3, max_epochs=1, batch_size=20, augmentation="none",
+                          n_pseudo_labels=5, random_state=0).fit(images)
+    assert (model.n_components_, model.batch_size_, model.augmentation_) == (5, 20, "none")
+
+    # the paper's scale: 256 components for many pseudo-labels (and for PIC), batch 256 from
+    # 8 192 samples on
+    features = np.random.RandomState(0).normal(size=(8192, 4)).astype(np.float32)
+    model = DeepClusterer(n_clusters=3, n_pseudo_labels=300, max_epochs=1, n_init=1,
+                          random_state=0)
+    model._validate_input(features, reset=True)
+    model._resolve_auto(features)
+    assert (model.n_components_, model.batch_size_, model.augmentation_) == (256, 256, "none")
+    model.set_params(n_pseudo_labels=None, clustering="pic")._resolve_auto(features[:8191])
+    assert (model.n_components_, model.batch_size_) == (256, 255)
+
+
 def test_augmentation_options(digits):
     images = digits[0][:120]
     seen = []
