@@ -10,10 +10,18 @@ Reports ACC (Hungarian) / NMI / ARI mean ± std over seeds, the neighbour purity
 k mined neighbours, self excluded, that share the sample's class) and the seconds of each step.
 Labels are used for scoring only.
 
+``--datasets digits-defaults`` runs the estimator's own defaults (no parameter set) on the 8×8
+digits, and ``--heads 1 10`` trains the SCAN step once per head count on the same pretext model:
+the paper's lowest-loss head selection as a remedy for the seed spread (issue 16).
+
 Usage::
 
     python benchmarks/bench_scan.py            # digits + Fashion-MNIST 10k subset, 3 seeds
     python benchmarks/bench_scan.py --quick    # digits only, 1 seed, short schedules
+    python benchmarks/bench_scan.py --datasets digits-defaults --heads 1 10 --first-seed 0 \
+        --seeds 1 --out benchmarks/results/scan_defaults_seed0.json      # one file per seed, then
+    python benchmarks/bench_scan.py --merge benchmarks/results/scan_defaults_seed*.json \
+        --out benchmarks/results/scan_defaults.json
 """
 
 import argparse
@@ -39,6 +47,8 @@ CONFIGS = {
             self_labeling_epochs=20, self_labeling_batch_size=1000, self_labeling_lr=1e-4
         ),
     ),
+    # the estimator's defaults: nothing set (the SCAN step's heads come from --heads)
+    "digits-defaults": dict(pretext={}, scan={}, selflabel={}),
     "fashion10k": dict(
         pretext=dict(backbone="mlp", pretext_epochs=15, pretext_batch_size=256),
         scan=dict(max_epochs=10, batch_size=256, lr=1e-3, n_heads=3, augmentation="simclr"),
@@ -53,13 +63,11 @@ def stage_seconds(model, stage):
     return float(sum(e["seconds"] for e in model.history_ if e["stage"] == stage))
 
 
-def run_seed(images, y, config, seed):
+def run_seed(images, y, config, seed, heads=None):
     rows, times = {}, {}
     flat = images.reshape(len(images), -1).astype(np.float32) / 255
     start = time.perf_counter()
-    rows["KMeans (pixels)"] = scores(
-        y, KMeans(10, n_init=10, random_state=seed).fit_predict(flat)
-    )
+    rows["KMeans (pixels)"] = scores(y, KMeans(10, n_init=10, random_state=seed).fit_predict(flat))
     times["KMeans (pixels)"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -74,17 +82,91 @@ def run_seed(images, y, config, seed):
     purity = float((y[pretext.neighbors_[:, 1:]] == y[:, None]).mean())
 
     common = dict(backbone=pretext.pretext_model_, pretext=None, random_state=seed)
-    scan_params = {k: v for k, v in config["scan"].items()}
-    start = time.perf_counter()
-    scan = SCANClusterer(10, **common, **scan_params, self_labeling=False).fit(images)
-    times["mining+scan"] = time.perf_counter() - start
-    rows["SCAN loss"] = scores(y, scan.labels_)
+    for n_heads in heads or [config["scan"].get("n_heads", 1)]:
+        scan_params = {**config["scan"], "n_heads": n_heads}
+        suffix = "" if not heads or len(heads) == 1 else f", {n_heads} head(s)"
+        start = time.perf_counter()
+        scan = SCANClusterer(10, **common, **scan_params, self_labeling=False).fit(images)
+        times["mining+scan" + suffix] = time.perf_counter() - start
+        rows["SCAN loss" + suffix] = scores(y, scan.labels_)
 
-    full = SCANClusterer(10, **common, **scan_params, **config["selflabel"]).fit(images)
-    times["selflabel"] = stage_seconds(full, "selflabel")
-    rows["SCAN + self-labelling"] = scores(y, full.labels_)
-    rows["SCAN + self-labelling"]["n_confident"] = full.n_confident_
+        full = SCANClusterer(10, **common, **scan_params, **config["selflabel"]).fit(images)
+        times["selflabel" + suffix] = stage_seconds(full, "selflabel")
+        rows["SCAN + self-labelling" + suffix] = scores(y, full.labels_)
+        rows["SCAN + self-labelling" + suffix]["n_confident"] = full.n_confident_
     return rows, times, purity
+
+
+def summarize(name, n_samples, image_shape, seeds, per_seed, all_times, purities):
+    """One data set's entry of the results: mean ± std over seeds, and the per-seed rows."""
+    summary = {
+        method: {
+            metric: {
+                "mean": float(np.mean([r[method][metric] for r in per_seed])),
+                "std": float(np.std([r[method][metric] for r in per_seed])),
+            }
+            for metric in ("acc", "nmi", "ari")
+        }
+        for method in per_seed[0]
+    }
+    return {
+        "n_samples": int(n_samples),
+        "image_shape": list(image_shape),
+        "seeds": seeds,
+        "config": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in CONFIGS[name].items()},
+        "neighbour_purity": {"mean": float(np.mean(purities)), "std": float(np.std(purities))},
+        "seconds": {k: float(np.mean([t[k] for t in all_times])) for k in all_times[0]},
+        "summary": summary,
+        "per_seed": per_seed,
+        "per_seed_seconds": all_times,
+        "per_seed_purity": purities,
+    }
+
+
+def merge(paths):
+    """Results of runs over disjoint seeds (one file each) as one, data set by data set."""
+    runs = [json.load(open(path)) for path in paths]
+    merged = {
+        "command": " ; ".join(r["command"] for r in runs),
+        "datasets": {},
+        "torch_threads": sorted({r["torch_threads"] for r in runs}),
+    }
+    for name in runs[0]["datasets"]:
+        parts = [r["datasets"][name] for r in runs if name in r["datasets"]]
+        merged["datasets"][name] = summarize(
+            name,
+            parts[0]["n_samples"],
+            parts[0]["image_shape"],
+            [s for p in parts for s in p["seeds"]],
+            [row for p in parts for row in p["per_seed"]],
+            [t for p in parts for t in p["per_seed_seconds"]],
+            [q for p in parts for q in p["per_seed_purity"]],
+        )
+    return merged
+
+
+def print_results(results):
+    lines = []
+    for name, result in results["datasets"].items():
+        purity = result["neighbour_purity"]
+        lines.append(
+            f"\n{name} (n={result['n_samples']}, seeds={result['seeds']}, neighbour purity "
+            f"k=20: {purity['mean']:.3f} ± {purity['std']:.3f})\n"
+        )
+        lines.append("| method | ACC | NMI | ARI |")
+        lines.append("|---|---|---|---|")
+        for method, metrics in result["summary"].items():
+            cells = " | ".join(
+                f"{metrics[m]['mean']:.3f} ± {metrics[m]['std']:.3f}" for m in ("acc", "nmi", "ari")
+            )
+            lines.append(f"| {method} | {cells} |")
+        lines.append(
+            "\nseconds (mean per seed): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items())
+        )
+    table = "\n".join(lines)
+    print(table)
+    return table
 
 
 def main():
@@ -92,11 +174,32 @@ def main():
     parser.add_argument("--quick", action="store_true", help="digits only, 1 seed, short runs")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds")
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--datasets", nargs="+", default=["digits", "fashion10k"])
+    parser.add_argument(
+        "--datasets", nargs="+", default=["digits", "fashion10k"], choices=sorted(CONFIGS)
+    )
+    parser.add_argument(
+        "--heads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="train the SCAN step once per head count (default: the config's)",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        help="merge result files of disjoint seeds into --out, run nothing",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     default_out = os.path.join(os.path.dirname(__file__), "results", "scan.json")
     parser.add_argument("--out", default=default_out)
     args = parser.parse_args()
+    if args.merge:
+        results = merge(args.merge)
+        results["table"] = print_results(results)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     datasets = args.datasets
@@ -110,60 +213,31 @@ def main():
         ]:
             CONFIGS["digits"][part][key] = value
 
-    results = {"command": "python benchmarks/bench_scan.py " + " ".join(
-        a for a in os.sys.argv[1:]), "torch_threads": torch.get_num_threads(), "datasets": {}}
+    results = {
+        "command": "python benchmarks/bench_scan.py " + " ".join(a for a in os.sys.argv[1:]),
+        "torch_threads": torch.get_num_threads(),
+        "datasets": {},
+    }
     for name in datasets:
-        images, y = digits_images() if name == "digits" else fashion_mnist_subset(10_000)
+        if name.startswith("digits"):
+            images, y = digits_images()
+        else:
+            images, y = fashion_mnist_subset(10_000)
         per_seed, all_times, purities = [], [], []
         for seed in seeds:
-            rows, times, purity = run_seed(images, y, CONFIGS[name], seed)
+            rows, times, purity = run_seed(images, y, CONFIGS[name], seed, args.heads)
             per_seed.append(rows)
             all_times.append(times)
             purities.append(purity)
-            print(f"[{name} seed {seed}] purity={purity:.3f} " + "  ".join(
-                f"{method}: acc={row['acc']:.3f}" for method, row in rows.items()), flush=True)
-        summary = {}
-        for method in per_seed[0]:
-            summary[method] = {
-                metric: {
-                    "mean": float(np.mean([r[method][metric] for r in per_seed])),
-                    "std": float(np.std([r[method][metric] for r in per_seed])),
-                }
-                for metric in ("acc", "nmi", "ari")
-            }
-        results["datasets"][name] = {
-            "n_samples": int(len(images)),
-            "image_shape": list(images.shape[1:]),
-            "seeds": seeds,
-            "config": {k: {kk: str(vv) for kk, vv in v.items()} for k, v in CONFIGS[name].items()},
-            "neighbour_purity": {"mean": float(np.mean(purities)), "std": float(np.std(purities))},
-            "seconds": {k: float(np.mean([t[k] for t in all_times])) for k in all_times[0]},
-            "summary": summary,
-            "per_seed": per_seed,
-        }
-
-    lines = []
-    for name, result in results["datasets"].items():
-        purity = result["neighbour_purity"]
-        lines.append(
-            f"\n{name} (n={result['n_samples']}, seeds={result['seeds']}, neighbour purity "
-            f"k=20: {purity['mean']:.3f} ± {purity['std']:.3f})\n"
-        )
-        lines.append("| method | ACC | NMI | ARI |")
-        lines.append("|---|---|---|---|")
-        for method, metrics in result["summary"].items():
-            cells = " | ".join(
-                f"{metrics[m]['mean']:.3f} ± {metrics[m]['std']:.3f}"
-                for m in ("acc", "nmi", "ari")
+            print(
+                f"[{name} seed {seed}] purity={purity:.3f} "
+                + "  ".join(f"{method}: acc={row['acc']:.3f}" for method, row in rows.items()),
+                flush=True,
             )
-            lines.append(f"| {method} | {cells} |")
-        lines.append(
-            "\nseconds (mean per seed): "
-            + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items())
+        results["datasets"][name] = summarize(
+            name, len(images), images.shape[1:], seeds, per_seed, all_times, purities
         )
-    table = "\n".join(lines)
-    print(table)
-    results["table"] = table
+    results["table"] = print_results(results)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

@@ -1,0 +1,166 @@
+"""Clustering pretrained embeddings, the way TEMI is meant to be used (issue 16, item 3).
+
+Fashion-MNIST through ``ImageEmbedder("efficientnet-lite0")`` (offline ImageNet weights), then
+the documented recipe ``ImageEmbedder → Normalizer → clusterer`` with KMeans, TEMI and SCAN's
+clustering step (feature input: no pretext task, neighbours mined on the embeddings, then the
+SCAN loss and self-labelling). Fit on the 60 000 training images (``--train-n``: a random
+subset of them), score on the 10 000 test images (labels used for scoring only). Parts::
+
+    python benchmarks/bench_embeddings.py resolution --n 2000 --sizes 96 128 224
+    python benchmarks/bench_embeddings.py embed --size 224 --train-n 10000
+    python benchmarks/bench_embeddings.py cluster --size 224 --train-n 10000 --seeds 0 1 2
+
+``resolution`` measures what a smaller network input costs in accuracy (KMeans on the
+embeddings of ``n`` test images per side); ``embed`` writes the embeddings to ``--cache``
+(default ``$TMPDIR/skdc_embeddings``) with their time; ``cluster`` reads them. Results go to
+``benchmarks/results/embeddings_<part>*.json``.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import fashion_mnist, fashion_mnist_subset, save, scores
+from sklearn.cluster import KMeans
+from sklearn.preprocessing import normalize
+
+from skdeepcluster import ImageEmbedder, SCANClusterer, TEMIClusterer
+
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "skdc_embeddings"
+
+
+def embed(images, size, batch_size=256):
+    """(embeddings, wall seconds, CPU seconds) of ``images`` at network input side ``size``."""
+    embedder = ImageEmbedder("efficientnet-lite0", image_size=size, batch_size=batch_size,
+                             verbose=1).fit()
+    wall, cpu = time.perf_counter(), time.process_time()
+    features = embedder.transform(images)
+    return features, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def cache_path(cache, size, split, train_n=None):
+    part = split if split == "test" or train_n is None else f"train{train_n}"
+    return Path(cache) / f"fashion_efficientnet-lite0_{size}px_{part}.npy"
+
+
+def load_split(split, train_n=None):
+    """Fashion-MNIST images and labels: the test set, the training set or ``train_n`` random
+    training images (seed 0)."""
+    if split == "train" and train_n is not None:
+        return fashion_mnist_subset(train_n)
+    return fashion_mnist(split)
+
+
+def tag(args):
+    return f"{args.size}px" + ("" if args.train_n is None else f"_train{args.train_n}")
+
+
+def resolution(args):
+    images, labels = fashion_mnist("test")
+    chosen = np.random.RandomState(0).permutation(len(labels))[: args.n]
+    images, labels = images[chosen], labels[chosen]
+    rows = []
+    for size in args.sizes:
+        features, wall, cpu = embed(images, size)
+        features = normalize(features)
+        runs = [scores(labels, KMeans(10, n_init=10, random_state=s).fit_predict(features))
+                for s in args.seeds]
+        row = {"size": size, "n": args.n, "embed_wall": wall, "embed_cpu": cpu,
+               "images_per_s": args.n / wall,
+               **{m: [float(np.mean([r[m] for r in runs])), float(np.std([r[m] for r in runs]))]
+                  for m in ("acc", "nmi", "ari")}}
+        rows.append(row)
+        print(f"{size:4d} px: KMeans ACC {row['acc'][0]:.3f} ± {row['acc'][1]:.3f}, NMI "
+              f"{row['nmi'][0]:.3f}; embedding {wall:.0f} s wall / {cpu:.0f} s CPU "
+              f"({row['images_per_s']:.1f} img/s)", flush=True)
+    save("embeddings_resolution", {"threads": torch.get_num_threads(), "seeds": args.seeds,
+                                   "rows": rows})
+
+
+def embed_part(args):
+    Path(args.cache).mkdir(parents=True, exist_ok=True)
+    timing = {}
+    for split in ("test", "train"):
+        images, _ = load_split(split, args.train_n)
+        features, wall, cpu = embed(images, args.size)
+        np.save(cache_path(args.cache, args.size, split, args.train_n),
+                features.astype(np.float32))
+        timing[split] = {"n": len(images), "wall": wall, "cpu": cpu,
+                         "images_per_s": len(images) / wall}
+        print(f"{split}: {len(images)} images in {wall:.0f} s wall / {cpu:.0f} s CPU "
+              f"({len(images) / wall:.1f} img/s)", flush=True)
+    save(f"embeddings_embed_{tag(args)}",
+         {"size": args.size, "train_n": args.train_n, "threads": torch.get_num_threads(),
+          "timing": timing})
+
+
+def estimators(args, seed):
+    """The clusterers compared, built for one seed."""
+    return {
+        "KMeans (n_init=10)": lambda: KMeans(10, n_init=10, random_state=seed),
+        f"TEMI, {args.temi_heads} heads": lambda: TEMIClusterer(
+            n_clusters=10, n_heads=args.temi_heads, max_epochs=args.temi_epochs,
+            random_state=seed),
+        "SCAN step + self-labelling": lambda: SCANClusterer(n_clusters=10, random_state=seed),
+    }
+
+
+def cluster(args):
+    X_train = normalize(np.load(cache_path(args.cache, args.size, "train", args.train_n)))
+    X_test = normalize(np.load(cache_path(args.cache, args.size, "test")))
+    _, y_train = load_split("train", args.train_n)
+    _, y_test = load_split("test")
+    results = {}
+    for seed in args.seeds:
+        for name, build in estimators(args, seed).items():
+            if not any(name.lower().startswith(m) for m in args.methods):
+                continue
+            model = build()
+            wall, cpu = time.perf_counter(), time.process_time()
+            model.fit(X_train)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            row = {"seed": seed, **scores(y_test, model.predict(X_test)),
+                   "train_acc": scores(y_train, model.predict(X_train))["acc"],
+                   "wall": wall, "cpu": cpu, "n_iter": int(getattr(model, "n_iter_", 0))}
+            results.setdefault(name, []).append(row)
+            print(f"[seed {seed}] {name}: test ACC {row['acc']:.3f} NMI {row['nmi']:.3f} ARI "
+                  f"{row['ari']:.3f} (train ACC {row['train_acc']:.3f}), {wall:.0f} s wall / "
+                  f"{cpu:.0f} s CPU, n_iter {row['n_iter']}", flush=True)
+            save(f"embeddings_cluster_{tag(args)}{args.tag}",
+                 {"size": args.size, "threads": torch.get_num_threads(), "args": vars(args),
+                  "runs": results})
+    print(f"\nFashion-MNIST, EfficientNet-Lite0 at {args.size} px, train "
+          f"{len(y_train)} -> test {len(y_test)}")
+    for name, runs in results.items():
+        cells = "  ".join(f"{m} {np.mean([r[m] for r in runs]):.3f} ± "
+                          f"{np.std([r[m] for r in runs]):.3f}" for m in ("acc", "nmi", "ari"))
+        print(f"{name:32s} {cells}  fit {np.mean([r['wall'] for r in runs]):.0f} s")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", default=os.environ.get("SKDC_EMBEDDINGS", DEFAULT_CACHE))
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("resolution")
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 224])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    for part in ("embed", "cluster"):
+        p = sub.add_parser(part)
+        p.add_argument("--size", type=int, default=224, help="ImageEmbedder's default: 224")
+        p.add_argument("--train-n", type=int, default=None, help="training subset (seed 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=["kmeans", "temi", "scan"])
+    p.add_argument("--temi-heads", type=int, default=4)
+    p.add_argument("--temi-epochs", type=int, default=200, help="cap (paper: 200)")
+    p.add_argument("--tag", default="")
+    args = parser.parse_args()
+    {"resolution": resolution, "embed": embed_part, "cluster": cluster}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
