@@ -63,7 +63,7 @@ def stage_seconds(model, stage):
     return float(sum(e["seconds"] for e in model.history_ if e["stage"] == stage))
 
 
-def run_seed(images, y, config, seed, heads=None):
+def run_seed(images, y, config, seed, heads=None, augmentations=None):
     rows, times = {}, {}
     flat = images.reshape(len(images), -1).astype(np.float32) / 255
     start = time.perf_counter()
@@ -82,18 +82,25 @@ def run_seed(images, y, config, seed, heads=None):
     purity = float((y[pretext.neighbors_[:, 1:]] == y[:, None]).mean())
 
     common = dict(backbone=pretext.pretext_model_, pretext=None, random_state=seed)
-    for n_heads in heads or [config["scan"].get("n_heads", 1)]:
-        scan_params = {**config["scan"], "n_heads": n_heads}
-        suffix = "" if not heads or len(heads) == 1 else f", {n_heads} head(s)"
-        start = time.perf_counter()
-        scan = SCANClusterer(10, **common, **scan_params, self_labeling=False).fit(images)
-        times["mining+scan" + suffix] = time.perf_counter() - start
-        rows["SCAN loss" + suffix] = scores(y, scan.labels_)
+    head_counts = heads or [config["scan"].get("n_heads", 1)]
+    views = augmentations or [config["scan"].get("augmentation")]
+    for n_heads in head_counts:
+        for augmentation in views:
+            scan_params = {**config["scan"], "n_heads": n_heads}
+            if augmentation is not None:
+                scan_params["augmentation"] = augmentation
+            suffix = (f", {n_heads} head(s)" if len(head_counts) > 1 else "") + (
+                f", {augmentation} views" if len(views) > 1 else ""
+            )
+            start = time.perf_counter()
+            scan = SCANClusterer(10, **common, **scan_params, self_labeling=False).fit(images)
+            times["mining+scan" + suffix] = time.perf_counter() - start
+            rows["SCAN loss" + suffix] = scores(y, scan.labels_)
 
-        full = SCANClusterer(10, **common, **scan_params, **config["selflabel"]).fit(images)
-        times["selflabel" + suffix] = stage_seconds(full, "selflabel")
-        rows["SCAN + self-labelling" + suffix] = scores(y, full.labels_)
-        rows["SCAN + self-labelling" + suffix]["n_confident"] = full.n_confident_
+            full = SCANClusterer(10, **common, **scan_params, **config["selflabel"]).fit(images)
+            times["selflabel" + suffix] = stage_seconds(full, "selflabel")
+            rows["SCAN + self-labelling" + suffix] = scores(y, full.labels_)
+            rows["SCAN + self-labelling" + suffix]["n_confident"] = full.n_confident_
     return rows, times, purity
 
 
@@ -185,6 +192,13 @@ def main():
         help="train the SCAN step once per head count (default: the config's)",
     )
     parser.add_argument(
+        "--augmentations",
+        nargs="+",
+        default=None,
+        choices=["strong", "simclr", "none"],
+        help="train the SCAN step once per augmentation (default: the config's)",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         default=None,
@@ -225,7 +239,9 @@ def main():
             images, y = fashion_mnist_subset(10_000)
         per_seed, all_times, purities = [], [], []
         for seed in seeds:
-            rows, times, purity = run_seed(images, y, CONFIGS[name], seed, args.heads)
+            rows, times, purity = run_seed(
+                images, y, CONFIGS[name], seed, args.heads, args.augmentations
+            )
             per_seed.append(rows)
             all_times.append(times)
             purities.append(purity)
