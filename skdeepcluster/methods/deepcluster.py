@@ -360,8 +360,10 @@ class DeepClusterer(BaseDeepClusterer):
     >>> model = DeepClusterer(n_clusters=10, max_epochs=2, random_state=0).fit(X)
     >>> model.labels_.shape
     (500,)
+    >>> model.n_components_, model.batch_size_  # "auto": as many components as clusters
+    (10, 16)
     >>> model.transform(X).shape
-    (500, 256)
+    (500, 10)
     """
 
     _parameter_constraints: dict = {
