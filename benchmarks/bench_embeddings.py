@@ -131,7 +131,7 @@ def cluster(args):
                   f"{row['ari']:.3f} (train ACC {row['train_acc']:.3f}), {wall:.0f} s wall / "
                   f"{cpu:.0f} s CPU, n_iter {row['n_iter']}", flush=True)
             save(f"embeddings_cluster_{tag(args)}{args.tag}",
-                 {"size": args.size, "threads": torch.get_num_threads(), "args": vars(args),
+                 {"size": args.size, "threads": torch.get_num_threads(), "args": {k: str(v) for k, v in vars(args).items()},
                   "runs": results})
     print(f"\nFashion-MNIST, EfficientNet-Lite0 at {args.size} px, train "
           f"{len(y_train)} -> test {len(y_test)}")
