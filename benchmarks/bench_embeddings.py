@@ -130,8 +130,9 @@ def cluster(args):
             print(f"[seed {seed}] {name}: test ACC {row['acc']:.3f} NMI {row['nmi']:.3f} ARI "
                   f"{row['ari']:.3f} (train ACC {row['train_acc']:.3f}), {wall:.0f} s wall / "
                   f"{cpu:.0f} s CPU, n_iter {row['n_iter']}", flush=True)
+            settings = {k: str(v) for k, v in vars(args).items()}
             save(f"embeddings_cluster_{tag(args)}{args.tag}",
-                 {"size": args.size, "threads": torch.get_num_threads(), "args": {k: str(v) for k, v in vars(args).items()},
+                 {"size": args.size, "threads": torch.get_num_threads(), "args": settings,
                   "runs": results})
     print(f"\nFashion-MNIST, EfficientNet-Lite0 at {args.size} px, train "
           f"{len(y_train)} -> test {len(y_test)}")
