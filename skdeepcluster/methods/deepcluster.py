@@ -462,6 +462,9 @@ class DeepClusterer(BaseDeepClusterer):
             return small_image_affine(batch, generator)
         return batch
 
+    def _inference_batch_size(self):
+        return max(self.batch_size_, 256)  # batch_size may be "auto"
+
     def _resolve_auto(self, X):
         """The values of the "auto" parameters for X: ``n_components_``, ``batch_size_``,
         ``augmentation_``."""
