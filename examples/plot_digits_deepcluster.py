@@ -19,15 +19,14 @@ same pixels.
 # %%
 # Fit DeepCluster and k-means on the same images
 # ----------------------------------------------
-# The library's small-data configuration (see the Notes of
-# :class:`~skdeepcluster.DeepClusterer`): a small convnet after the Sobel filter (two input
-# channels, the horizontal and vertical gradients), PCA-whitening to about as many dimensions as
-# clusters (``n_components=10``), small rotations and shifts as the training augmentation
-# (``augmentation="affine"``: the paper's random crops remove most of an 8×8 digit), small
-# batches (more optimiser steps per reassignment) and 25 epochs instead of the paper's 500. The
-# backbone is our own module, so its initial weights are fixed with ``torch.manual_seed``.
+# DeepCluster with its defaults. Three of them are ``"auto"`` and follow the data (see the
+# Notes of :class:`~skdeepcluster.DeepClusterer`): PCA-whitening to as many dimensions as
+# clusters (``n_components_``), batches small enough for at least 32 optimiser steps per
+# reassignment (``batch_size_``) and, below 32 px, small rotations and shifts as the training
+# augmentation (the paper's random crops remove most of an 8×8 digit). At the paper's scale they
+# are its values (256 components, batches of 256, crops). Training stops when the k-means
+# assignments settle, within the paper's 500 epochs.
 import matplotlib.pyplot as plt
-import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
@@ -37,24 +36,14 @@ from skdeepcluster import (
     clustering_accuracy_score,
     load_digits_images,
 )
-from skdeepcluster.nn.backbones import SmallCNN
 
 images, y = load_digits_images()
 pixels = images.reshape(len(images), -1) / 255.0
 
-torch.manual_seed(0)
-backbone = SmallCNN(in_channels=2, width=16, image_size=8)
-deepcluster = DeepClusterer(
-    n_clusters=10,
-    backbone=backbone,
-    sobel=True,
-    n_components=10,
-    augmentation="affine",
-    batch_size=32,
-    max_epochs=25,
-    random_state=0,
-).fit(images)
+deepcluster = DeepClusterer(n_clusters=10, random_state=0).fit(images)
 kmeans = KMeans(n_clusters=10, n_init=10, random_state=0).fit(pixels)
+print(f"n_components_={deepcluster.n_components_}, batch_size_={deepcluster.batch_size_}, "
+      f"augmentation_={deepcluster.augmentation_!r}, epochs: {deepcluster.n_iter_}")
 
 print(f"{'':12s}  ACC    NMI    ARI")
 for name, labels in [("DeepCluster", deepcluster.labels_), ("KMeans", kmeans.labels_)]:
@@ -62,19 +51,19 @@ for name, labels in [("DeepCluster", deepcluster.labels_), ("KMeans", kmeans.lab
           f"{normalized_mutual_info_score(y, labels):.3f}  {adjusted_rand_score(y, labels):.3f}")
 
 # %%
-# The result depends on the seed (and, through floating-point sums, on the thread count): three
-# seeds of this configuration gave 0.80 to 0.94 accuracy on one thread (k-means: 0.79), and with
-# the paper's crops instead of the affine augmentation the mean fell below k-means (see
-# :doc:`/benchmarks`). Compare several seeds before drawing conclusions.
+# The result depends on the seed (and, through floating-point sums, on the thread count): in the
+# benchmark, three seeds of the defaults gave 0.896 to 0.939 accuracy on one thread (mean 0.915;
+# k-means: 0.79); with the paper's 256 components, batches of 256 and crops instead, 0.42 to 0.54
+# (see :doc:`/benchmarks`). Compare several seeds before drawing conclusions.
 
 # %%
 # Do the pseudo-labels settle?
 # ----------------------------
 # ``history_`` holds one record per epoch: the cross-entropy on the epoch's pseudo-labels and
 # ``nmi_previous``, the NMI between the epoch's k-means assignment and the previous one (the
-# paper's measure of stability). A rising NMI means successive clusterings agree more and more;
-# in a run this short it rises with ups and downs, and every epoch still moves a share of the
-# images to another cluster.
+# paper's measure of stability). A rising NMI means successive clusterings agree more and more.
+# It rises with ups and downs and never reaches 1 (each reassignment is a fresh k-means); the
+# stopping rule ends training once the share of images that change cluster stops falling.
 epochs = [record for record in deepcluster.history_ if record["stage"] == "deepcluster"]
 fig, (ax_loss, ax_nmi) = plt.subplots(1, 2, figsize=(9, 3))
 ax_loss.plot([record["epoch"] for record in epochs], [record["loss"] for record in epochs])
