@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 
 from skdeepcluster import SCANClusterer, clustering_accuracy_score, overclustering_accuracy_score
-from skdeepcluster.methods.scan import SimCLRNetwork
+from skdeepcluster.methods.scan import SimCLRNetwork, auto_learning_rate
 from skdeepcluster.nn.backbones import SmallCNN
 from skdeepcluster.nn.losses import confidence_cross_entropy, nt_xent_loss, scan_loss
 
@@ -273,6 +273,38 @@ def test_earlier_strong_augmentation_stays_reachable(digits, monkeypatch):
     for kwargs in calls:
         assert kwargs["crop_scale"] == (0.5, 1.0) and kwargs["enhance_range"] == (0.1, 1.9)
         assert kwargs["cutout_random_size"] is False and kwargs["cutout_fill"] == 0.0
+
+
+def test_learning_rate_auto_rule():
+    assert auto_learning_rate(19_500, 19_500) == pytest.approx(1e-4)  # the authors' CIFAR-10 run
+    assert auto_learning_rate(10**6, 19_500) == pytest.approx(1e-4)  # never below the paper's
+    assert auto_learning_rate(3_900, 19_500) == pytest.approx(5e-4)  # same lr x steps
+    assert auto_learning_rate(700, 19_500) == pytest.approx(1e-3)  # at most 10x (digits)
+    assert auto_learning_rate(200, 10_000) == pytest.approx(1e-3)
+
+
+def test_auto_learning_rates_follow_each_steps_length(digits, monkeypatch):
+    _, features, _ = digits
+    from skdeepcluster.methods import scan as scan_module
+
+    rates = []
+    make_optimizer = scan_module.make_optimizer
+    monkeypatch.setattr(scan_module, "make_optimizer", lambda kind, groups, **kwargs: (
+        rates.append((kind, kwargs["lr"])) or make_optimizer(kind, groups, **kwargs)))
+    # 300 samples: 4 batches of 64 x 50 epochs = 200 SCAN steps, 4 x 40 = 160 self-labelling
+    model = _small(n_clusters=3, lr="auto", max_epochs=50, self_labeling_epochs=40, tol=0.5,
+                   n_iter_no_change=1).fit(features[:300])
+    assert model.lr_ == pytest.approx(1e-3) and model.self_labeling_lr_ == pytest.approx(1e-3)
+    assert rates == [("adam", model.lr_), ("adam", model.self_labeling_lr_)]
+    # enough steps: the paper's rate; 10 000 steps on 300 samples take 2 500 epochs (capped)
+    model = _small(n_clusters=3, max_epochs=4_875, self_labeling_epochs=2_500, tol=0.5,
+                   n_iter_no_change=1).fit(features[:300])
+    assert model.lr_ == pytest.approx(1e-4) and model.self_labeling_lr_ == pytest.approx(1e-4)
+    # explicit values are kept; self_labeling_lr=None follows an explicit lr
+    model = _small(n_clusters=3, lr=3e-4).fit(features[:300])
+    assert model.lr_ == 3e-4 and model.self_labeling_lr_ == 3e-4
+    model = _small(n_clusters=3, lr=3e-4, self_labeling_lr="auto").fit(features[:300])
+    assert model.self_labeling_lr_ == pytest.approx(1e-3)
 
 
 def test_overclustering_on_features(digits):
