@@ -256,6 +256,24 @@ def test_images_input_default_backbone(digits):
     assert model.transform(images).shape == (40, 16)
 
 
+def test_flips_auto_from_32_pixels(digits, monkeypatch):
+    from skdeepcluster.methods import adc as adc_module
+
+    flips = []
+    crop = adc_module.random_resized_crop
+    monkeypatch.setattr(adc_module, "random_resized_crop", lambda x, generator, **kwargs: (
+        flips.append(kwargs["flip_p"]) or crop(x, generator, **kwargs)))
+    small = _small(n_augmentations=1).fit(digits[0][:40])  # 8 px: a mirrored digit is no digit
+    assert small.flip_ is False and flips and set(flips) == {0.0}
+    flips.clear()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(24, 32, 32), dtype=np.uint8)
+    large = _small(n_augmentations=1, backbone="small_cnn", batch_size=12).fit(images)
+    assert large.flip_ is True and set(flips) == {0.5}  # the paper's flips on larger images
+    assert _small(flip=True).fit(digits[0][:40]).flip_ is True  # an explicit value is kept
+    assert _small().fit(digits[0][:40].reshape(40, -1) / 255.0).flip_ is False  # features
+
+
 def test_bad_parameters():
     # bad input common to all estimators (NaN, too few samples, ...): test_common.py
     X = np.random.default_rng(0).normal(size=(30, 4))
