@@ -19,7 +19,7 @@ from ..engine import (
 )
 from ..kmeans import kmeans, warn_if_few_points
 from ..nn.augment import color_jitter, gaussian_noise, random_affine, random_resized_crop
-from ..nn.backbones import make_backbone
+from ..nn.backbones import is_small_image, make_backbone
 from ..nn.losses import association_loss, norm_loss, trafo_loss
 
 __all__ = ["ADCClusterer"]
@@ -404,7 +404,7 @@ class ADCClusterer(BaseDeepClusterer):
     def _check_fit_params(self, X):
         self.flip_ = self.flip
         if self.flip == "auto":  # feature input is never flipped
-            self.flip_ = self.input_kind_ == "images" and min(self.input_shape_[1:]) >= 32
+            self.flip_ = self.input_kind_ == "images" and not is_small_image(self.input_shape_)
         if self.input_kind_ == "features" and self.backbone in ("small_cnn", "resnet18"):
             raise ValueError(
                 f"backbone={self.backbone!r} needs image input, but X is a feature matrix of "

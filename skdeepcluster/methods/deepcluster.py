@@ -19,7 +19,7 @@ from ..data import batch_to_tensor
 from ..engine import make_optimizer, parameter_groups
 from ..kmeans import kmeans, pca_whiten, train_pca_whitening, warn_if_few_points
 from ..nn.augment import apply_user_augmentation, small_image_affine, weak_augment
-from ..nn.backbones import Sobel, make_backbone
+from ..nn.backbones import Sobel, is_small_image, make_backbone
 from ..pic import power_iteration_clustering
 
 __all__ = ["DeepClusterer", "uniform_cluster_sampler"]
@@ -481,7 +481,7 @@ class DeepClusterer(BaseDeepClusterer):
             if self.input_kind_ != "images":
                 self.augmentation_ = "none"
             else:
-                self.augmentation_ = "affine" if min(self.input_shape_[1:]) < 32 else "crop"
+                self.augmentation_ = "affine" if is_small_image(self.input_shape_) else "crop"
 
     def _check_fit_params(self, X):
         if X.shape[0] < 2:

@@ -30,7 +30,7 @@ from ..nn.augment import (
     random_resized_crop,
     strong_augment,
 )
-from ..nn.backbones import make_backbone
+from ..nn.backbones import is_small_image, make_backbone
 from ..nn.heads import MultiHeadLinear
 from ..nn.losses import confidence_cross_entropy, nt_xent_loss, scan_loss
 
@@ -560,7 +560,7 @@ class SCANClusterer(BaseDeepClusterer):
     # ------------------------------------------------------------------ augmentations
     def _simclr_views(self, x, generator):
         small = self.pretext_augmentation == "small" or (
-            self.pretext_augmentation == "auto" and min(x.shape[2:]) < 32
+            self.pretext_augmentation == "auto" and is_small_image(x.shape[1:])
         )
         low, high = self.crop_scale
         scale = (max(low, 0.6), max(high, 0.6)) if small else (low, high)

@@ -116,6 +116,16 @@ class Sobel(nn.Module):
         return F.conv2d(grey, self.kernels, padding=1)
 
 
+#: Images with a side under this many pixels are "small" (digits, letters): they get the small
+#: CNN and the small-image augmentations; from it on, the papers' natural-image settings.
+SMALL_IMAGE_SIDE = 32
+
+
+def is_small_image(input_shape):
+    """Whether images of shape ``(C, H, W)`` are small (a side under ``SMALL_IMAGE_SIDE``)."""
+    return min(input_shape[1:]) < SMALL_IMAGE_SIDE
+
+
 def make_backbone(name, input_kind, input_shape, *, user_module=None):
     """Build the feature extractor for an estimator.
 
@@ -148,7 +158,7 @@ def make_backbone(name, input_kind, input_shape, *, user_module=None):
         if input_kind == "features":
             name = "mlp"
         else:
-            name = "small_cnn" if min(input_shape[1:]) < 32 else "resnet18"
+            name = "small_cnn" if is_small_image(input_shape) else "resnet18"
     if name == "mlp":
         return MLP(int(torch.tensor(input_shape).prod()))
     if input_kind != "images":
