@@ -123,6 +123,11 @@ def auto_learning_rate(total_steps, paper_steps, paper_lr=1e-4, max_factor=10.0)
     return paper_lr * min(max_factor, max(1.0, paper_steps / max(total_steps, 1)))
 
 
+def _steps_per_epoch(n_samples, batch_size):
+    """Optimiser steps of an epoch of full batches (``drop_last``), the batch capped at n."""
+    return max(1, n_samples // min(batch_size, n_samples))
+
+
 def _is_pair(value):
     """A (low, high) pair of numbers with low <= high."""
     return len(value) == 2 and all(isinstance(v, Real) for v in value) and value[0] <= value[1]
@@ -621,8 +626,7 @@ class SCANClusterer(BaseDeepClusterer):
         if self.self_labeling:
             stage = self._self_labeling_stage(X, trainer, generator)
             yield stage
-            batch_size = min(self.self_labeling_batch_size, X.shape[0])
-            n_batches = stage.n_epochs * max(1, X.shape[0] // batch_size)
+            n_batches = stage.n_epochs * _steps_per_epoch(X.shape[0], self.self_labeling_batch_size)
             if self.n_skipped_batches_:
                 warnings.warn(
                     f"Self-labelling skipped {self.n_skipped_batches_} of {n_batches} batches: "
@@ -744,8 +748,8 @@ class SCANClusterer(BaseDeepClusterer):
         """``lr``, or for ``"auto"`` the small-data rule on the step's optimiser steps."""
         if lr != "auto":
             return float(lr)
-        steps_per_epoch = max(1, n_samples // min(batch_size, n_samples))  # drop_last batches
-        return auto_learning_rate(steps_per_epoch * n_epochs, PAPER_STEPS[step])
+        return auto_learning_rate(_steps_per_epoch(n_samples, batch_size) * n_epochs,
+                                  PAPER_STEPS[step])
 
     def _scan_stage(self, X, trainer, generator, selection):
         """Adam on the heads (and the backbone unless ``freeze_backbone``), wd on everything."""
