@@ -9,6 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skdeepcluster import TEMIClusterer, clustering_accuracy_score
 from skdeepcluster.data import rows_to_device
+from skdeepcluster.engine import native_bfloat16
 from skdeepcluster.methods.temi import auto_teacher_momentum
 from skdeepcluster.nn.heads import HeadGroups, MultiHeadLinear, TEMIHeads, head_group_sizes
 from skdeepcluster.nn.losses import instance_weights, pmi, temi_pair_loss, update_cluster_prior
@@ -154,7 +155,9 @@ def test_fit_attributes_and_contract(digits):
     assert len(model.history_) == model.n_iter_ <= 40
     # 300 // 64 = 4 steps per epoch
     assert model.n_steps_ == 4 * model.n_iter_
-    assert model.precision_ == "float32"  # "auto" on a CPU without native bfloat16 (tests)
+    # "auto": bfloat16 where this CPU computes it natively (AVX512-BF16 or AMX), else float32
+    native = native_bfloat16(torch.device("cpu"))
+    assert model.precision_ == ("bfloat16" if native else "float32")
     assert isinstance(model.score(X), float)
 
 

@@ -180,7 +180,7 @@ class _MMDCNetwork(nn.Module):
         return self.backbone(self.sobel(x)).flatten(1)
 
     def forward(self, x):
-        return F.normalize(self.cluster_head(self.features(x)), dim=1)
+        return F.normalize(self.cluster_head(self.features(x)).float(), dim=1)
 
     def rotation_logits(self, x):
         return self.rotation_head(self.features(x))

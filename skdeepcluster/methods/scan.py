@@ -55,7 +55,7 @@ class SimCLRNetwork(nn.Module):
         self.out_features = projection_dim
 
     def forward(self, x):
-        return F.normalize(self.projection(self.backbone(x).flatten(1)), dim=1)
+        return F.normalize(self.projection(self.backbone(x).flatten(1)).float(), dim=1)
 
 
 class _NormalizedEmbedder(nn.Module):
@@ -66,7 +66,7 @@ class _NormalizedEmbedder(nn.Module):
         self.module = module
 
     def forward(self, x):
-        return F.normalize(self.module(x).flatten(1), dim=1)
+        return F.normalize(self.module(x).flatten(1).float(), dim=1)
 
 
 class _HeadSelection:

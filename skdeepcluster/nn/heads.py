@@ -142,7 +142,8 @@ class TEMIHeads(nn.Module):
     def embed(self, x, heads=None):
         """The L2-normalised bottleneck, shape (H, B, bottleneck_dim)."""
         hidden = F.gelu(self.hidden(x, heads))
-        return F.normalize(self.bottleneck(hidden, heads), dim=-1)
+        # normalised in float32: in bfloat16 the norms are 1 ± 4e-3 (autocast recasts after)
+        return F.normalize(self.bottleneck(hidden, heads).float(), dim=-1)
 
     def forward(self, x, heads=None):
         """Logits of every head, shape (H, B, n_clusters)."""
