@@ -7,6 +7,7 @@ SCAN loss and self-labelling). Fit on the 60 000 training images (``--train-n``:
 subset of them), score on the 10 000 test images (labels used for scoring only). Parts::
 
     python benchmarks/bench_embeddings.py resolution --n 2000 --sizes 96 128 224
+    python benchmarks/bench_embeddings.py resolution --sizes 224 --precisions float32 bfloat16
     python benchmarks/bench_embeddings.py embed --size 224 --train-n 10000
     python benchmarks/bench_embeddings.py cluster --size 224 --train-n 10000 --seeds 0 1 2
 
@@ -33,13 +34,14 @@ from skdeepcluster import ImageEmbedder, SCANClusterer, TEMIClusterer
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "skdc_embeddings"
 
 
-def embed(images, size, batch_size=256):
-    """(embeddings, wall seconds, CPU seconds) of ``images`` at network input side ``size``."""
+def embed(images, size, batch_size=256, precision="auto"):
+    """(embeddings, wall seconds, CPU seconds, precision used) of ``images`` at network input
+    side ``size``."""
     embedder = ImageEmbedder("efficientnet-lite0", image_size=size, batch_size=batch_size,
-                             verbose=1).fit()
+                             precision=precision, verbose=1).fit()
     wall, cpu = time.perf_counter(), time.process_time()
     features = embedder.transform(images)
-    return features, time.perf_counter() - wall, time.process_time() - cpu
+    return features, time.perf_counter() - wall, time.process_time() - cpu, embedder.precision_
 
 
 def cache_path(cache, size, split, train_n=None):
@@ -65,20 +67,22 @@ def resolution(args):
     images, labels = images[chosen], labels[chosen]
     rows = []
     for size in args.sizes:
-        features, wall, cpu = embed(images, size)
-        features = normalize(features)
-        runs = [scores(labels, KMeans(10, n_init=10, random_state=s).fit_predict(features))
-                for s in args.seeds]
-        row = {"size": size, "n": args.n, "embed_wall": wall, "embed_cpu": cpu,
-               "images_per_s": args.n / wall,
-               **{m: [float(np.mean([r[m] for r in runs])), float(np.std([r[m] for r in runs]))]
-                  for m in ("acc", "nmi", "ari")}}
-        rows.append(row)
-        print(f"{size:4d} px: KMeans ACC {row['acc'][0]:.3f} ± {row['acc'][1]:.3f}, NMI "
-              f"{row['nmi'][0]:.3f}; embedding {wall:.0f} s wall / {cpu:.0f} s CPU "
-              f"({row['images_per_s']:.1f} img/s)", flush=True)
-    save("embeddings_resolution", {"threads": torch.get_num_threads(), "seeds": args.seeds,
-                                   "rows": rows})
+        for precision in args.precisions:
+            features, wall, cpu, used = embed(images, size, precision=precision)
+            features = normalize(features)
+            runs = [scores(labels, KMeans(10, n_init=10, random_state=s).fit_predict(features))
+                    for s in args.seeds]
+            row = {"size": size, "precision": used, "n": args.n, "embed_wall": wall,
+                   "embed_cpu": cpu, "images_per_s": args.n / wall,
+                   **{m: [float(np.mean([r[m] for r in runs])),
+                          float(np.std([r[m] for r in runs]))] for m in ("acc", "nmi", "ari")}}
+            rows.append(row)
+            print(f"{size:4d} px, {used}: KMeans ACC {row['acc'][0]:.3f} ± {row['acc'][1]:.3f}, "
+                  f"NMI {row['nmi'][0]:.3f}; embedding {wall:.0f} s wall / {cpu:.0f} s CPU "
+                  f"({row['images_per_s']:.1f} img/s)", flush=True)
+    suffix = "" if args.precisions == ["auto"] else "_" + "_".join(args.precisions)
+    save(f"embeddings_resolution{suffix}", {"threads": torch.get_num_threads(),
+                                            "seeds": args.seeds, "rows": rows})
 
 
 def embed_part(args):
@@ -86,10 +90,10 @@ def embed_part(args):
     timing = {}
     for split in ("test", "train"):
         images, _ = load_split(split, args.train_n)
-        features, wall, cpu = embed(images, args.size)
+        features, wall, cpu, used = embed(images, args.size, precision=args.precision)
         np.save(cache_path(args.cache, args.size, split, args.train_n),
                 features.astype(np.float32))
-        timing[split] = {"n": len(images), "wall": wall, "cpu": cpu,
+        timing[split] = {"n": len(images), "wall": wall, "cpu": cpu, "precision": used,
                          "images_per_s": len(images) / wall}
         print(f"{split}: {len(images)} images in {wall:.0f} s wall / {cpu:.0f} s CPU "
               f"({len(images) / wall:.1f} img/s)", flush=True)
@@ -149,11 +153,15 @@ def main():
     p = sub.add_parser("resolution")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 224])
+    p.add_argument("--precisions", nargs="+", default=["auto"],
+                   help="ImageEmbedder precisions to compare, e.g. float32 bfloat16")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     for part in ("embed", "cluster"):
         p = sub.add_parser(part)
         p.add_argument("--size", type=int, default=224, help="ImageEmbedder's default: 224")
         p.add_argument("--train-n", type=int, default=None, help="training subset (seed 0)")
+        if part == "embed":
+            p.add_argument("--precision", default="auto", help="ImageEmbedder's precision")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=["kmeans", "temi", "scan"])
     p.add_argument("--temi-heads", type=int, default=4)

@@ -24,7 +24,7 @@ from torch import nn
 from .base import resolve_device
 from .data import check_images
 from .datasets import UNREADABLE_IMAGE_ERRORS, open_image_rgb
-from .engine import resolve_distributed
+from .engine import PRECISIONS, autocast, resolve_distributed, resolve_precision
 
 __all__ = ["ImageEmbedder", "load_state_dict_file", "EFFICIENTNET_LITE0"]
 
@@ -332,6 +332,15 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         returns all embeddings in input order. ``"auto"``: when an initialised process group has
         more than one process; ``True``: always (the group initialised from torchrun's
         environment if needed); ``False``: each process embeds everything.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Arithmetic of the network's convolutions and matrix products (autocast); the
+        embeddings returned are float32. ``"auto"``: bfloat16 where the device computes it
+        natively (CUDA GPUs with bfloat16, CPUs with AMX or AVX512-BF16), else float32.
+        ``"float16"``: CUDA only. Measured for EfficientNet-Lite0 at 224 px on one CPU core with
+        AVX512-BF16: 2.5x less CPU time than float32 (49 against 121 CPU s for 2 000
+        Fashion-MNIST images), embeddings at cosine similarity 0.998 to the float32 ones, and
+        k-means on them as accurate (ACC 0.691 against 0.686; ``doc/benchmarks.rst``).
+        Ignored by ``"pixels"``.
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else CPU.
     verbose : int, default=0
@@ -345,6 +354,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     preprocessing_ : dict
         ``image_size``, ``mean``, ``std`` actually used, and ``transforms`` (the torchvision
         weights' preprocessing or None).
+    precision_ : str
+        The arithmetic ``precision`` resolves to on ``device`` (``"float32"``,
+        ``"bfloat16"`` or ``"float16"``).
 
     See Also
     --------
@@ -375,6 +387,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "n_jobs": [Interval(Integral, -1, None, closed="left"), None],
         "distributed": [StrOptions({"auto"}), "boolean"],
+        "precision": [StrOptions(set(PRECISIONS))],
         "device": [str, torch.device],
         "verbose": ["verbose"],
     }
@@ -390,6 +403,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         batch_size=64,
         n_jobs=None,
         distributed="auto",
+        precision="auto",
         device="auto",
         verbose=0,
     ):
@@ -401,6 +415,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.n_jobs = n_jobs
         self.distributed = distributed
+        self.precision = precision
         self.device = device
         self.verbose = verbose
 
@@ -472,6 +487,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         """
         if X is not None:
             self._check_input(X)
+        dtype = resolve_precision(self.precision, resolve_device(self.device), warn=True)
+        self.precision_ = str(dtype).removeprefix("torch.")
         model, self.preprocessing_ = self._build()
         if model is not None:
             model.eval().requires_grad_(False)
@@ -521,11 +538,12 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         return size
 
     # ------------------------------------------------------------------ embedding
-    def _forward(self, batch, device):
+    def _forward(self, batch, device, dtype):
         if self.model_ is None:
             return batch.flatten(1).float().cpu()
         batch = batch.to(device, memory_format=torch.channels_last)
-        return self.model_(batch).flatten(1).float().cpu()
+        with autocast(device, dtype):
+            return self.model_(batch).flatten(1).float().cpu()
 
     def _report(self, done, total, started):
         if self.verbose:
@@ -545,6 +563,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     def _embed_batches(self, n_items, batches, device, *, show=True):
         """Run the network on ``batches``, an iterable of ``(n_done, tensor or None)`` covering
         ``n_items`` items in order; collect the outputs. ``show``: print progress (rank 0)."""
+        dtype = resolve_precision(self.precision, device)
         if self.model_ is not None:
             # channels-last: the convolutions' fast layout (1.5x for EfficientNet-Lite0 on a CPU)
             self.model_.to(device, memory_format=torch.channels_last).eval()
@@ -555,7 +574,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         with torch.inference_mode():
             for batch_index, (done, batch) in enumerate(batches):
                 if batch is not None:
-                    outputs.append(self._forward(batch.to(device), device).numpy())
+                    outputs.append(self._forward(batch.to(device), device, dtype).numpy())
                 if show and ((batch_index + 1) % report_every == 0 or done == n_items):
                     self._report(done, n_items, started)
         return outputs
