@@ -7,6 +7,7 @@ Parts (each prints a table and writes ``benchmarks/results/speed_<part>.json``):
     python benchmarks/bench_speed.py backbones          # convnet step: NCHW vs channels-last
     python benchmarks/bench_speed.py embedder           # EfficientNet-Lite0 forward: layouts
     python benchmarks/bench_speed.py epochs --baseline ../old  # epoch times: ../old vs this
+    python benchmarks/bench_speed.py epochs --precisions float32 bfloat16  # epoch times
     python benchmarks/bench_speed.py defaults --seeds 0 1 2   # every estimator's defaults
     python benchmarks/bench_speed.py precision --seeds 0 1 2  # bfloat16 vs float32
 
@@ -345,6 +346,8 @@ def fit_once(name, params, seed):
            "threads": torch.get_num_threads(),
            "epochs": {stage: sum(1 for e in model.history_ if e["stage"] == stage)
                       for stage in dict.fromkeys(e["stage"] for e in model.history_)}}
+    if getattr(model, "kmeans_labels_", None) is not None:  # ADC: the k-means initialisation
+        row["kmeans_init_acc"] = scores(y, model.kmeans_labels_)["acc"]
     print(json.dumps(row), flush=True)
     return row
 
@@ -408,34 +411,44 @@ print(json.dumps({{stage: float(np.median(v)) for stage, v in stages.items()}}))
 
 
 def epochs(args):
-    """Median seconds per epoch of each stage: the checkout at ``--baseline`` against this one,
-    run in turn in fresh processes (the same machine, threads and data)."""
+    """Median seconds per epoch of each stage, two variants run in turn in fresh processes (the
+    same machine, threads and data): the checkout at ``--baseline`` against this one, or this
+    one in each of ``--precisions``."""
     import os
     import subprocess
 
     here = os.path.dirname(os.path.abspath(__file__))
-    checkouts = {"baseline": os.path.abspath(args.baseline),
-                 "current": os.path.dirname(here)}
+    current = os.path.dirname(here)
+    if args.precisions:
+        variants = {name: (current, {"precision": name}) for name in args.precisions}
+    else:
+        variants = {"baseline": (os.path.abspath(args.baseline), {}), "current": (current, {})}
+    first, last = list(variants)[0], list(variants)[-1]
     rows = []
     for name in args.estimators:
-        samples = {key: [] for key in checkouts}
+        samples = {key: [] for key in variants}
         for _ in range(args.repeats):
-            for key, root in checkouts.items():
+            for key, (root, extra) in variants.items():
                 child = EPOCH_CHILD.format(bench=here, name=name,
-                                           params=dict(EPOCH_PARAMS[name]))
+                                           params={**EPOCH_PARAMS[name], **extra})
                 environment = {**os.environ, "PYTHONPATH": root}
                 out = subprocess.run([sys.executable, "-c", child], env=environment,
                                      capture_output=True, text=True, check=True, cwd=root)
                 samples[key].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        for stage in samples["current"][0]:
-            old = float(np.median([s[stage] for s in samples["baseline"] if stage in s]
-                                  or [np.nan]))
-            new = float(np.median([s[stage] for s in samples["current"]]))
-            rows.append({"estimator": name, "stage": stage, "baseline_s": old, "current_s": new,
+        for stage in samples[last][0]:
+            medians = {key: float(np.median([s[stage] for s in values if stage in s]
+                                            or [np.nan]))
+                       for key, values in samples.items()}
+            old, new = medians[first], medians[last]
+            rows.append({"estimator": name, "stage": stage, **{f"{k}_s": v for k, v in
+                                                                medians.items()},
                          "speedup": old / new})
-            print(f"{name:16s} {stage:18s} baseline {old:7.2f} s  current {new:7.2f} s  "
+            print(f"{name:16s} {stage:18s} {first} {old:7.2f} s  {last} {new:7.2f} s  "
                   f"x{old / new:.2f}", flush=True)
-    save(f"epochs_t{torch.get_num_threads()}", {"baseline": args.baseline, "rows": rows})
+    what = "_precision" if args.precisions else ""
+    save(f"epochs{what}_t{torch.get_num_threads()}",
+         {"variants": {k: v[1] for k, v in variants.items()}, "baseline": args.baseline,
+          "rows": rows})
 
 
 def precision(args):
@@ -476,7 +489,10 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--transform-images", type=int, default=256)
     p = sub.add_parser("epochs")
-    p.add_argument("--baseline", required=True, help="a checkout of the version to compare")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--baseline", help="a checkout of the version to compare")
+    what.add_argument("--precisions", nargs=2, metavar=("A", "B"),
+                      help="this version in two precisions, e.g. float32 bfloat16")
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
     p.add_argument("--repeats", type=int, default=2)
     for part in ("defaults", "precision"):
