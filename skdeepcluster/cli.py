@@ -50,7 +50,7 @@ class CommandError(Exception):
 
 
 def make_estimator(method, *, n_clusters, random_state=None, device="auto", verbose=1,
-                   n_heads=None, epochs=None):
+                   n_heads=None, epochs=None, precision="auto"):
     """Build the estimator named ``method`` with the command line's settings.
 
     Parameters
@@ -67,6 +67,8 @@ def make_estimator(method, *, n_clusters, random_state=None, device="auto", verb
         Progress printing.
     n_heads, epochs : int or None, default=None
         Overrides of ``n_heads`` and ``max_epochs`` where the estimator has them.
+    precision : str, default="auto"
+        The estimator's ``precision``.
 
     Returns
     -------
@@ -92,7 +94,7 @@ def make_estimator(method, *, n_clusters, random_state=None, device="auto", verb
     estimator = cls()
     names = estimator.get_params(deep=False)
     params = {"n_clusters": n_clusters, "random_state": random_state, "device": device,
-              "verbose": verbose}
+              "precision": precision, "verbose": verbose}
     if method == "temi":
         params.update(CLI_TEMI_PARAMS)
     overrides = {"n_heads": n_heads, "max_epochs": epochs}
@@ -127,7 +129,8 @@ def _run_demo(args, written):
     from .datasets import load_digits_images
 
     model = make_estimator(args.method, n_clusters=10, random_state=args.seed, device=args.device,
-                           verbose=1, n_heads=args.heads, epochs=args.epochs)
+                           verbose=1, n_heads=args.heads, epochs=args.epochs,
+                           precision=args.precision)
     _check_estimator_params(model)
     images, y = load_digits_images()
     X = images.reshape(len(images), -1).astype(np.float64) / 255.0  # = pixels / 16
@@ -234,10 +237,10 @@ def _run_cluster(args, written, images, skipped):
     folder = args.path
     estimator = make_estimator(args.method, n_clusters=args.n_clusters, random_state=args.seed,
                                device=args.device, verbose=1, n_heads=args.heads,
-                               epochs=args.epochs)
+                               epochs=args.epochs, precision=args.precision)
     _check_estimator_params(estimator)
     embedder = ImageEmbedder(args.embedder, image_size=args.image_size, batch_size=args.batch_size,
-                             device=args.device, verbose=1)
+                             device=args.device, precision=args.precision, verbose=1)
     _check_estimator_params(embedder)
     print(f"Found {len(images)} image file(s) in {folder}.", flush=True)
     try:
@@ -327,17 +330,27 @@ def _add_training_options(parser, *, default_method="temi"):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default="auto",
                         help="torch device: auto, cpu, cuda (default: auto)")
+    parser.add_argument("--precision", default="auto",
+                        # engine.PRECISIONS, not imported here: --help stays fast
+                        choices=["auto", "float32", "bfloat16", "float16"],
+                        help="arithmetic: auto is bfloat16 where the device computes it "
+                             "natively, else float32; float16 needs CUDA (default: auto)")
     parser.add_argument("--output", default="skdeepcluster_output",
                         help="folder for the results (default: %(default)s)")
 
 
-def _check_device(device):
+def _check_device(device, precision):
     from .base import resolve_device
+    from .engine import resolve_precision
 
     try:
-        resolve_device(device)
+        resolved = resolve_device(device)
     except (ValueError, RuntimeError) as error:
         raise CommandError(f"--device {device}: {error}") from error
+    try:
+        resolve_precision(precision, resolved)
+    except ValueError as error:
+        raise CommandError(f"--precision {precision}: {error}") from error
 
 
 def build_parser():
@@ -394,7 +407,7 @@ def main(argv=None):
         # The cheap checks first (files and folders), then the device (imports torch).
         found = _find_images(args) if args.command == "cluster" else None
         _check_output_folder(args.output)
-        _check_device(args.device)
+        _check_device(args.device, args.precision)
         if args.command == "demo":
             return _run_demo(args, written)
         return _run_cluster(args, written, *found)

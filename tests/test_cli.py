@@ -12,7 +12,7 @@ import torch
 
 import skdeepcluster
 from skdeepcluster import load_digits_images
-from skdeepcluster.cli import CLI_TEMI_PARAMS, CommandError, main, make_estimator
+from skdeepcluster.cli import CLI_TEMI_PARAMS, CommandError, build_parser, main, make_estimator
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -95,6 +95,18 @@ def test_bad_device_and_embedder_fail_before_work(image_folder, capsys):
     assert "--device no-such-device" in capsys.readouterr().err
     assert main(["cluster", str(image_folder), "--embedder", "no-such-net"]) == 1
     assert "Unknown backbone" in capsys.readouterr().err
+    assert main(["cluster", str(image_folder), "--device", "cpu", "--precision", "float16"]) == 1
+    assert "--precision float16" in capsys.readouterr().err
+
+
+def test_precision_choices_are_the_engines():
+    from skdeepcluster.engine import PRECISIONS
+
+    for precision in PRECISIONS:
+        args = build_parser().parse_args(["cluster", "folder", "--precision", precision])
+        assert args.precision == precision
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cluster", "folder", "--precision", "half"])
 
 
 def test_too_few_readable_images(image_folder, tmp_path, capsys):
