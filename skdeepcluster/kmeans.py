@@ -85,11 +85,14 @@ def pca_whiten(features, n_components=256, *, matrix=None):
     return reduced, matrix
 
 
-def kmeans(features, n_clusters, *, n_iter=20, seed=0, spherical=False, verbose=False):
+def kmeans(features, n_clusters, *, n_iter=20, n_init=1, seed=0, spherical=False,
+           verbose=False):
     """faiss k-means on all points (no subsampling).
 
     faiss splits a non-empty cluster when one goes empty during training; the final assignment
     can still leave clusters empty, which the caller must handle (DeepCluster remaps labels).
+    ``n_init`` runs from different random centroids (faiss' ``nredo``) keep the one with the
+    lowest objective, like scikit-learn's ``KMeans(n_init=...)``.
     Nothing is printed unless ``verbose``: faiss' own warning about few points per centroid is
     switched off (callers warn once with :func:`warn_if_few_points`).
 
@@ -108,6 +111,7 @@ def kmeans(features, n_clusters, *, n_iter=20, seed=0, spherical=False, verbose=
         d,
         n_clusters,
         niter=n_iter,
+        nredo=int(n_init),
         seed=int(seed) % (2**31 - 1),
         spherical=spherical,
         max_points_per_centroid=max(256, n // n_clusters + 1),  # never subsample

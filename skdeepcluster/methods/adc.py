@@ -133,6 +133,9 @@ class ADCClusterer(BaseDeepClusterer):
         Initialise the centroids by k-means after the warm-up. False keeps their random
         initialisation (authors' code: a N(0, 0.3²) centre per cluster plus uniform noise of
         ±0.01 per copy): the ablation of the k-means initialisation.
+    n_init : int, default=1
+        Runs of that k-means (faiss, from different random centres); the one with the lowest
+        objective initialises the centroids, like scikit-learn's ``KMeans(n_init=...)``.
     centroid_noise : float, default=1e-4
         Half-width of the uniform noise added to the copies of each k-means centre (authors'
         code; with one centroid per cluster it only perturbs the centre).
@@ -316,6 +319,7 @@ class ADCClusterer(BaseDeepClusterer):
         "aug_weight_decay": [Interval(Real, 0, None, closed="left")],
         "flip": ["boolean", StrOptions({"auto"})],
         "kmeans_init": ["boolean"],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
         "centroid_noise": [Interval(Real, 0, None, closed="left")],
         "warmup_epochs": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -345,6 +349,7 @@ class ADCClusterer(BaseDeepClusterer):
         aug_visit_weight=None,
         aug_weight_decay=1.0,
         kmeans_init=True,
+        n_init=1,
         centroid_noise=1e-4,
         warmup_epochs=8,
         max_epochs=100,
@@ -380,6 +385,7 @@ class ADCClusterer(BaseDeepClusterer):
         self.aug_visit_weight = aug_visit_weight
         self.aug_weight_decay = aug_weight_decay
         self.kmeans_init = kmeans_init
+        self.n_init = n_init
         self.centroid_noise = centroid_noise
         self.warmup_epochs = warmup_epochs
         self.max_epochs = max_epochs
@@ -444,7 +450,7 @@ class ADCClusterer(BaseDeepClusterer):
         """k-means on the training embeddings; each centre copied ``m`` times plus noise."""
         embeddings = self._apply_batched(X, self._transform_tensor)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        labels, centres, _ = kmeans(embeddings, self.n_clusters, seed=seed)
+        labels, centres, _ = kmeans(embeddings, self.n_clusters, n_init=self.n_init, seed=seed)
         self.kmeans_labels_ = labels
         m, d = self.n_centroids_per_cluster, self.embedding_dim
         uniform = 2 * torch.rand(self.n_clusters * m, d, generator=generator) - 1
