@@ -51,10 +51,11 @@ for name, labels in [("DeepCluster", deepcluster.labels_), ("KMeans", kmeans.lab
           f"{normalized_mutual_info_score(y, labels):.3f}  {adjusted_rand_score(y, labels):.3f}")
 
 # %%
-# The result depends on the seed (and, through floating-point sums, on the thread count): in the
-# benchmark, three seeds of the defaults gave 0.896 to 0.939 accuracy on one thread (mean 0.915;
-# k-means: 0.79); with the paper's 256 components, batches of 256 and crops instead, 0.42 to 0.54
-# (see :doc:`/benchmarks`). Compare several seeds before drawing conclusions.
+# The result depends on the seed (and, through floating-point sums, on the CPU, the thread count
+# and the precision): in the benchmark, ten seeds of the defaults gave 0.817 to 0.938 accuracy on
+# one thread in bfloat16 (mean 0.900; k-means: 0.79); with the paper's 256 components, batches of
+# 256 and crops instead, 0.42 to 0.54 (see :doc:`/benchmarks`). Compare several seeds before
+# drawing conclusions.
 
 # %%
 # Do the pseudo-labels settle?
