@@ -107,7 +107,7 @@ def machine(args):
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": cpu_flags(),
             "native_bfloat16": native_bfloat16(device), "gemm": rows}
     print(json.dumps({k: v for k, v in info.items() if k != "gemm"}))
-    save(f"machine_{device.type}_t{torch.get_num_threads()}", info)
+    save(f"machine_{device.type}{args.tag}_t{torch.get_num_threads()}", info)
 
 
 # ---------------------------------------------------------------------------- TEMI heads
@@ -352,9 +352,25 @@ def fit_once(name, params, seed):
     return row
 
 
+def overrides(pairs):
+    """``--set`` values: ``KEY=VALUE`` pairs, each value a Python literal (``None``, ``10``,
+    ``0.5``, ``'adam'``) or else a plain string."""
+    import ast
+
+    params = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            params[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key] = value
+    return params
+
+
 def defaults(args):
     """Every estimator with its defaults (only ``n_clusters``, ``random_state`` and
-    ``device`` set) on the 1 797 digits, trained and scored on all of them."""
+    ``device`` set, plus any ``--set`` overrides) on the 1 797 digits, trained and scored on
+    all of them."""
     rows = []
     X, y = digits_features()
     for seed in args.seeds:
@@ -362,7 +378,7 @@ def defaults(args):
                      **{k: v for k, v in kmeans_run(X, X, y, 10, seed).items()}})
     for name in args.estimators:
         for seed in args.seeds:
-            rows.append(fit_once(name, {"device": args.device}, seed))
+            rows.append(fit_once(name, {"device": args.device, **overrides(args.set)}, seed))
             save(f"defaults_{args.tag}", rows)
     summarize_rows(rows)
 
@@ -462,7 +478,8 @@ def precision(args):
     for name in args.estimators:
         for precision_name in ("float32", "bfloat16"):
             for seed in args.seeds:
-                params = {"device": args.device, "precision": precision_name}
+                params = {"device": args.device, **overrides(args.set),
+                          "precision": precision_name}
                 rows.append({**fit_once(name, params, seed), "precision": precision_name})
                 save(f"precision_{args.tag}", rows)
     summarize_rows(rows)
@@ -472,7 +489,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     sub = parser.add_subparsers(dest="part", required=True)
-    sub.add_parser("machine")
+    p = sub.add_parser("machine")
+    p.add_argument("--tag", default="", help="file name suffix, e.g. _avx512bf16")
     p = sub.add_parser("heads")
     p.add_argument("--heads", type=int, default=50)
     p.add_argument("--dim", type=int, default=64, help="features (digits 64, Fashion 784)")
@@ -500,6 +518,8 @@ def main():
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
         p.add_argument("--tag", default="digits")
+        p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="parameters to set besides the defaults, e.g. n_init=10 tol=None")
         if part == "precision":
             p.add_argument("--force", action="store_true")
     args = parser.parse_args()
