@@ -371,7 +371,8 @@ class SCANClusterer(BaseDeepClusterer):
     rule's 1e-3 (its 200 steps on the digits against 10 000 on CIFAR-10) then gives 0.922 /
     0.934 with 1 360 / 1 417 confident samples and no skipped batch (at 1e-4 on seed 2: 0.929,
     1 182). The defaults end to end on the digits, seeds 0-2: ACC 0.880 ± 0.040 (0.855 / 0.848
-    / 0.936; at 1e-4: 0.748 ± 0.058), ``doc/benchmarks.rst``. The tests and the
+    / 0.936; at 1e-4: 0.748 ± 0.058; float32 on an AVX2 CPU; in bfloat16 on a CPU with
+    AVX512-BF16: 0.842 ± 0.093, 0.827 / 0.737 / 0.962), ``doc/benchmarks.rst``. The tests and the
     ``"digits"`` configuration of ``benchmarks/bench_scan.py`` keep a short documented
     configuration (MLP backbone, 40 SimCLR epochs, 20 SCAN epochs at ``lr=1e-3`` with
     ``augmentation="simclr"``, 20 self-labelling epochs at ``self_labeling_lr=1e-4``).
