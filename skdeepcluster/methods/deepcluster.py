@@ -215,7 +215,7 @@ class DeepClusterer(BaseDeepClusterer):
         share of changed samples is noisy from epoch to epoch (0.02-0.33 on the digits: each
         reassignment is a fresh k-means), so the rule needs a long patience; measured on the
         digits with the other defaults, seeds 0-9 (bfloat16): ACC 0.900 ± 0.040 after 61-127
-        epochs with 50, 0.861 ± 0.038 after 14-36 epochs with 10, 0.891 ± 0.043 with a fixed
+        epochs with 50, 0.861 ± 0.039 after 14-36 epochs with 10, 0.891 ± 0.043 with a fixed
         100 epochs (``doc/benchmarks.rst``).
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
         Arithmetic of the network's forward and backward passes (autocast); weights, optimiser
@@ -342,7 +342,7 @@ class DeepClusterer(BaseDeepClusterer):
     0.43 at epoch 166). With the ``"auto"`` values (seed 1, 100 epochs) the share changed
     swings between 0.02 and 0.33 and the pseudo-labels' accuracy between 0.69 and 0.91 from
     one epoch to the next, while the output clustering of the features improves with training
-    on average; a patience of 10 stopped 10 seeds after 14-36 epochs, at 0.861 ± 0.038, and
+    on average; a patience of 10 stopped 10 seeds after 14-36 epochs, at 0.861 ± 0.039, and
     the default patience of 50 after 61-127 epochs, at 0.900 ± 0.040 (31-67 CPU s on one
     thread).
 
