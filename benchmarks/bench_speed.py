@@ -376,9 +376,10 @@ def defaults(args):
     for seed in args.seeds:
         rows.append({"estimator": "KMeans", "seed": seed,
                      **{k: v for k, v in kmeans_run(X, X, y, 10, seed).items()}})
+    params = {"device": args.device, **overrides(args.set)}
     for name in args.estimators:
         for seed in args.seeds:
-            rows.append(fit_once(name, {"device": args.device, **overrides(args.set)}, seed))
+            rows.append(fit_once(name, params, seed))
             save(f"defaults_{args.tag}", rows)
     summarize_rows(rows)
 
@@ -475,11 +476,11 @@ def precision(args):
               "would time the emulation. Skipped (--force runs it anyway).")
         return
     rows = []
+    extra = overrides(args.set)
     for name in args.estimators:
         for precision_name in ("float32", "bfloat16"):
             for seed in args.seeds:
-                params = {"device": args.device, **overrides(args.set),
-                          "precision": precision_name}
+                params = {"device": args.device, **extra, "precision": precision_name}
                 rows.append({**fit_once(name, params, seed), "precision": precision_name})
                 save(f"precision_{args.tag}", rows)
     summarize_rows(rows)

@@ -339,7 +339,7 @@ def _add_training_options(parser, *, default_method="temi"):
                         help="folder for the results (default: %(default)s)")
 
 
-def _check_device(device, precision):
+def _check_device_and_precision(device, precision):
     from .base import resolve_device
     from .engine import resolve_precision
 
@@ -404,10 +404,11 @@ def main(argv=None):
     args = parser.parse_args(argv)  # before any heavy import: --help and usage errors are fast
     written = []  # output files, each added as it is started
     try:
-        # The cheap checks first (files and folders), then the device (imports torch).
+        # The cheap checks first (files and folders), then the device and precision (imports
+        # torch).
         found = _find_images(args) if args.command == "cluster" else None
         _check_output_folder(args.output)
-        _check_device(args.device, args.precision)
+        _check_device_and_precision(args.device, args.precision)
         if args.command == "demo":
             return _run_demo(args, written)
         return _run_cluster(args, written, *found)

@@ -23,6 +23,7 @@ from ..nn.augment import (
     small_image_affine,
 )
 from ..nn.backbones import Sobel, make_backbone
+from ..nn.heads import l2_normalize
 
 __all__ = ["MMDCClusterer", "sample_mixture_targets", "reassign_batch_targets"]
 
@@ -180,7 +181,7 @@ class _MMDCNetwork(nn.Module):
         return self.backbone(self.sobel(x)).flatten(1)
 
     def forward(self, x):
-        return F.normalize(self.cluster_head(self.features(x)).float(), dim=1)
+        return l2_normalize(self.cluster_head(self.features(x)), dim=1)
 
     def rotation_logits(self, x):
         return self.rotation_head(self.features(x))

@@ -11,7 +11,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from torch.nn import functional as F
 
 from ..base import BaseDeepClusterer
 from ..data import batch_to_tensor, iterate_batches
@@ -31,7 +30,7 @@ from ..nn.augment import (
     strong_augment,
 )
 from ..nn.backbones import is_small_image, make_backbone
-from ..nn.heads import MultiHeadLinear
+from ..nn.heads import MultiHeadLinear, l2_normalize
 from ..nn.losses import confidence_cross_entropy, nt_xent_loss, scan_loss
 
 __all__ = ["SCANClusterer", "SimCLRNetwork"]
@@ -55,7 +54,7 @@ class SimCLRNetwork(nn.Module):
         self.out_features = projection_dim
 
     def forward(self, x):
-        return F.normalize(self.projection(self.backbone(x).flatten(1)).float(), dim=1)
+        return l2_normalize(self.projection(self.backbone(x).flatten(1)), dim=1)
 
 
 class _NormalizedEmbedder(nn.Module):
@@ -66,7 +65,7 @@ class _NormalizedEmbedder(nn.Module):
         self.module = module
 
     def forward(self, x):
-        return F.normalize(self.module(x).flatten(1).float(), dim=1)
+        return l2_normalize(self.module(x).flatten(1), dim=1)
 
 
 class _HeadSelection:

@@ -18,6 +18,7 @@ __all__ = [
     "MultiHeadWeightNormLinear",
     "TEMIHeads",
     "head_group_sizes",
+    "l2_normalize",
 ]
 
 #: Activation bytes of one group of heads on a CPU: small enough that a group's activations,
@@ -46,6 +47,16 @@ def head_group_sizes(n_heads, n_rows, width, device):
         return [n_heads]
     size = max(1, min(n_heads, CPU_GROUP_BYTES // (4 * n_rows * width)))
     return [min(size, n_heads - start) for start in range(0, n_heads, size)]
+
+
+def l2_normalize(x, dim=-1):
+    """``x`` scaled to unit L2 norm along ``dim``, in float32 whatever the autocast.
+
+    The unit-norm outputs of the networks (TEMI's bottleneck, SCAN's projection and mining
+    space, MMDC's output) are normalised here: normalised in bfloat16 their norms are only
+    1 ± 4e-3; a matrix product after it is cast back to the autocast dtype.
+    """
+    return F.normalize(x.float(), dim=dim)
 
 
 def _select(tensor, heads):
@@ -142,8 +153,7 @@ class TEMIHeads(nn.Module):
     def embed(self, x, heads=None):
         """The L2-normalised bottleneck, shape (H, B, bottleneck_dim)."""
         hidden = F.gelu(self.hidden(x, heads))
-        # normalised in float32: in bfloat16 the norms are 1 ± 4e-3 (autocast recasts after)
-        return F.normalize(self.bottleneck(hidden, heads).float(), dim=-1)
+        return l2_normalize(self.bottleneck(hidden, heads))
 
     def forward(self, x, heads=None):
         """Logits of every head, shape (H, B, n_clusters)."""
