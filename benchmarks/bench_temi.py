@@ -6,6 +6,8 @@ batched versus looped heads.
         --batch-size 512
     python benchmarks/bench_temi.py ablation --seeds 0 1 2
     python benchmarks/bench_temi.py rules --seeds 0
+    python benchmarks/bench_temi.py selection --seeds 0 2
+    python benchmarks/bench_temi.py trajectory --seeds 0 1 2
     python benchmarks/bench_temi.py mining --n 10000 60000
     python benchmarks/bench_temi.py heads --heads 50 --dim 784 --batch 512
 
@@ -31,6 +33,7 @@ from _common import (
 )
 
 from skdeepcluster import TEMIClusterer
+from skdeepcluster.engine import StoppingRule
 from skdeepcluster.nn.heads import TEMIHeads
 from skdeepcluster.nn.losses import temi_pair_loss, update_cluster_prior
 
@@ -116,6 +119,115 @@ def rules(args):
         print_table(rows[-1:], "")
     print_table(rows, f"digits, 4 heads, seeds {args.seeds}")
     save("temi_rules", {"seeds": args.seeds, "rows": rows})
+
+
+def mixed_clusters(y, labels, share=0.15):
+    """Clusters holding more than ``share`` of two or more classes, as {cluster: classes}."""
+    mixed = {}
+    for cluster in np.unique(labels):
+        counts = np.bincount(y[labels == cluster], minlength=y.max() + 1)
+        classes = np.flatnonzero(counts > share * counts.sum())
+        if len(classes) > 1:
+            mixed[int(cluster)] = classes.tolist()
+    return mixed
+
+
+def selection(args):
+    """The paper's selection rule (the head with the lowest loss) against each head's accuracy:
+    the defaults on the digits, every head of the fit scored."""
+    X, y, _, _ = load("digits")
+    runs = []
+    for seed in args.seeds:
+        model = TEMIClusterer(n_clusters=10, random_state=seed).fit(X)
+        chosen, heads = model.best_head_, []
+        for head in range(model.n_heads):
+            model.best_head_ = head  # predict with this head's teacher
+            labels = model.predict(X)
+            heads.append({"head": head, "loss": float(model.head_losses_[head]),
+                          **scores(y, labels), "mixed": mixed_clusters(y, labels)})
+        model.best_head_ = chosen
+        heads.sort(key=lambda row: row["loss"])
+        acc = np.array([row["acc"] for row in heads])
+        loss = np.array([row["loss"] for row in heads])
+        best = heads[int(np.argmax(acc))]
+        run = {"seed": seed, "chosen_acc": heads[0]["acc"], "mean_acc": float(acc.mean()),
+               "max_acc": float(acc.max()), "corr_loss_acc": float(np.corrcoef(loss, acc)[0, 1]),
+               "heads_above_0.9": int((acc > 0.9).sum()), "heads": heads}
+        runs.append(run)
+        first = heads[0]
+        print(f"seed {seed}: lowest-loss head ACC {first['acc']:.3f} (loss {first['loss']:.5f}"
+              f", mixed clusters {first['mixed']}); best head ACC {best['acc']:.3f} (loss "
+              f"{best['loss']:.5f}, mixed {best['mixed']}); mean over heads {acc.mean():.3f}, "
+              f"{run['heads_above_0.9']} of {len(heads)} heads above 0.9, corr(loss, ACC) "
+              f"{run['corr_loss_acc']:.2f}", flush=True)
+        for row in heads[:12]:
+            print(f"  head {row['head']:2d} loss {row['loss']:.5f} ACC {row['acc']:.3f}")
+    save("temi_selection", {"seeds": args.seeds, "runs": runs})
+
+
+class _TrackedTEMI(TEMIClusterer):
+    """TEMIClusterer that scores, after every epoch, the head the fit would keep if it ended
+    there (the lowest loss of the epoch). Prediction draws no random numbers, so the training
+    is the plain estimator's."""
+
+    def __init__(self, y=None, **params):
+        super().__init__(**params)
+        self.y = y
+
+    def _temi_epoch(self, pairs, stage):
+        record = super()._temi_epoch(pairs, stage)
+        self.best_head_ = int(np.argmin(self.head_losses_))
+        labels = self._apply_batched(self._X, lambda batch: self._proba_tensor(batch).argmax(1))
+        self.trajectory_.append({"epoch": stage.epoch + 1, "changed": record["changed"],
+                                 **scores(self.y, labels)})
+        return record
+
+    def fit(self, X, y=None):
+        self._X, self.trajectory_ = X, []
+        return super().fit(X)
+
+
+def stop_epoch(changed, tol, n_iter_no_change):
+    """The epoch at which ``StoppingRule`` ends training on the recorded ``changed`` values."""
+    rule = StoppingRule(tol, n_iter_no_change)
+    for epoch, value in enumerate(changed, start=1):
+        if rule.update(value):
+            return epoch
+    return len(changed)
+
+
+def trajectory(args):
+    """The defaults trained for their full 200 epochs (``tol=None``), the kept head scored after
+    every epoch: where the stopping rule (``tol``, ``n_iter_no_change``) would end training and
+    the accuracy there, for the default rule and looser ones."""
+    X, y, _, _ = load("digits")
+    runs, table = [], {}
+    for seed in args.seeds:
+        model = _TrackedTEMI(y=y, n_clusters=10, random_state=seed, tol=None)
+        cpu = time.process_time()
+        model.fit(X)
+        cpu = time.process_time() - cpu
+        path = model.trajectory_
+        changed = [row["changed"] for row in path]
+        seconds = np.cumsum([e["cpu_seconds"] for e in model.history_])
+        runs.append({"seed": seed, "cpu": cpu, "trajectory": path})
+        print(f"seed {seed}: " + ", ".join(
+            f"epoch {row['epoch']} ACC {row['acc']:.3f} changed {row['changed']:.4f}"
+            for row in path if row["epoch"] in (10, 25, 50, 75, 100, 125, 150, 200)), flush=True)
+        for tol in args.tols:
+            for patience in args.patience:
+                epoch = stop_epoch(changed, tol, patience)
+                table.setdefault((tol, patience), []).append(
+                    (epoch, path[epoch - 1]["acc"], float(seconds[epoch - 1])))
+    print(f"\n{'tol':>8} {'patience':>8}  epochs (seeds {args.seeds})  ACC mean  CPU s mean")
+    for (tol, patience), cells in table.items():
+        epochs = "/".join(str(c[0]) for c in cells)
+        print(f"{tol:8g} {patience:8d}  {epochs:>24}  {np.mean([c[1] for c in cells]):.3f}"
+              f"     {np.mean([c[2] for c in cells]):.0f}")
+    save("temi_trajectory", {"seeds": args.seeds, "runs": runs, "rules": [
+        {"tol": tol, "n_iter_no_change": patience, "epochs": [c[0] for c in cells],
+         "acc": [c[1] for c in cells], "cpu": [c[2] for c in cells]}
+        for (tol, patience), cells in table.items()]})
 
 
 MINING_CHILD = """
@@ -246,6 +358,12 @@ def main():
     p.add_argument("--max-heads", type=int, default=50)
     p = sub.add_parser("rules")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p = sub.add_parser("selection")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 2])
+    p = sub.add_parser("trajectory")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--tols", type=float, nargs="+", default=[2e-3, 5e-3, 1e-2, 2e-2])
+    p.add_argument("--patience", type=int, nargs="+", default=[5, 10])
     p = sub.add_parser("mining")
     p.add_argument("--n", type=int, nargs="+", default=[10000, 60000])
     p = sub.add_parser("heads")
@@ -255,7 +373,9 @@ def main():
     p.add_argument("--batch", type=int, default=512, help="anchors per step (the paper's 512)")
     p.add_argument("--steps-per-epoch", type=int, default=117)
     args = parser.parse_args()
-    parts = {"accuracy": accuracy, "ablation": ablation, "rules": rules, "mining": mining,
+    parts = {"accuracy": accuracy, "ablation": ablation, "rules": rules, "selection": selection,
+             "trajectory": trajectory,
+             "mining": mining,
              "heads": heads}
     parts[args.part](args)
 

@@ -201,7 +201,8 @@ class SCANClusterer(BaseDeepClusterer):
         Clustering heads trained at once, as one batched computation (authors' CIFAR/STL
         configuration: 1; ImageNet: 10). Ten heads and the lowest-loss one kept did not steady
         the defaults on the 8×8 digits: ACC after self-labelling 0.726 / 0.806 against 0.834 /
-        0.743 with one head, seeds 0 / 2 (``doc/benchmarks.rst``).
+        0.743 with one head, seeds 0 / 2, at lr 1e-4; with ``lr="auto"`` 0.658 against 0.737,
+        seed 1 (``doc/benchmarks.rst``).
     entropy_weight : float, default=5.0
         λ of Eq. 2 (paper: 5.0 for every data set).
     max_epochs : int, default=50
