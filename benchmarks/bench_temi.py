@@ -170,20 +170,17 @@ class _TrackedTEMI(TEMIClusterer):
     there (the lowest loss of the epoch). Prediction draws no random numbers, so the training
     is the plain estimator's."""
 
-    def __init__(self, y=None, **params):
-        super().__init__(**params)
-        self.y = y
-
     def _temi_epoch(self, pairs, stage):
         record = super()._temi_epoch(pairs, stage)
         self.best_head_ = int(np.argmin(self.head_losses_))
         labels = self._apply_batched(self._X, lambda batch: self._proba_tensor(batch).argmax(1))
         self.trajectory_.append({"epoch": stage.epoch + 1, "changed": record["changed"],
-                                 **scores(self.y, labels)})
+                                 **scores(self._y, labels)})
         return record
 
-    def fit(self, X, y=None):
-        self._X, self.trajectory_ = X, []
+    def fit(self, X, y):
+        """Train on X as the plain estimator does; y only scores the epochs."""
+        self._X, self._y, self.trajectory_ = X, y, []
         return super().fit(X)
 
 
@@ -203,9 +200,9 @@ def trajectory(args):
     X, y, _, _ = load("digits")
     runs, table = [], {}
     for seed in args.seeds:
-        model = _TrackedTEMI(y=y, n_clusters=10, random_state=seed, tol=None)
+        model = _TrackedTEMI(n_clusters=10, random_state=seed, tol=None)
         cpu = time.process_time()
-        model.fit(X)
+        model.fit(X, y)
         cpu = time.process_time() - cpu
         path = model.trajectory_
         changed = [row["changed"] for row in path]
@@ -374,9 +371,7 @@ def main():
     p.add_argument("--steps-per-epoch", type=int, default=117)
     args = parser.parse_args()
     parts = {"accuracy": accuracy, "ablation": ablation, "rules": rules, "selection": selection,
-             "trajectory": trajectory,
-             "mining": mining,
-             "heads": heads}
+             "trajectory": trajectory, "mining": mining, "heads": heads}
     parts[args.part](args)
 
 
