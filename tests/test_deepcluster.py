@@ -169,34 +169,6 @@ def test_reassign_every_other_epoch():
     assert reassigned == [True, False, True, False, True]
 
 
-def test_restarts_keep_the_lowest_objective():
-    X, _ = make_blobs(90, n_features=5, centers=3, random_state=0)
-    X_before = X.copy()
-    model = _small(n_restarts=3).fit(X)
-    np.testing.assert_array_equal(X, X_before)
-    assert len(model.restart_inertias_) == 3
-    assert model.inertia_ == min(model.restart_inertias_)
-    # the kept restart is the single fit with its seed, drawn from random_state
-    seeds = np.random.RandomState(0).randint(np.iinfo(np.int32).max, size=3)
-    kept = seeds[int(np.argmin(model.restart_inertias_))]
-    single = _small(random_state=int(kept)).fit(X)
-    np.testing.assert_array_equal(model.labels_, single.labels_)
-    assert model.inertia_ == pytest.approx(single.inertia_)
-    np.testing.assert_array_equal(model.predict(X), model.labels_)
-    assert len(model.history_) == len(single.history_) and model.n_iter_ == single.n_iter_
-    assert _small().fit(X).restart_inertias_ == [_small().fit(X).inertia_]
-
-
-def test_restarts_need_kmeans_and_a_failed_restart_leaves_no_fit():
-    X = np.random.default_rng(0).normal(size=(64, 4))
-    with pytest.raises(ValueError, match="n_restarts=2 needs clustering='kmeans'"):
-        _small(clustering="pic", n_restarts=2).fit(X)
-    model = _small(n_restarts=2).fit(X)
-    with pytest.raises(FloatingPointError, match="diverged"):
-        model.set_params(lr=1e12, max_epochs=3).fit(X)
-    assert not [name for name in vars(model) if name.endswith("_")]
-
-
 def test_pic_clustering_reports_the_clusters_it_finds():
     X, _ = make_blobs(300, n_features=6, centers=4, cluster_std=0.3, random_state=0)
     model = _small(clustering="pic", n_clusters=4, max_epochs=2).fit(X)

@@ -7,10 +7,8 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from sklearn.base import _fit_context, clone
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -156,17 +154,6 @@ class DeepClusterer(BaseDeepClusterer):
         Runs of the *final* k-means (the output clustering), which is sklearn's ``KMeans`` with
         k-means++ seeding on the same whitened features; the lowest objective is kept. The
         reassignments during training are single faiss runs, as in the paper.
-    n_restarts : int, default=1
-        Independent fits of the whole training, each with its own seed drawn from
-        ``random_state``; the one with the lowest final k-means objective (``inertia_``, Eq. 2
-        in the learned space, which all restarts share) is kept — sklearn ``KMeans``'
-        ``n_init``, over the whole method. 1: the paper's single run. Costs ``n_restarts``
-        times the time. Measured on the digits with the other defaults (seeds 0-9): the
-        objective and the accuracy of a fit are correlated (Spearman 0.82), and the best of 5
-        fits by objective has ACC 0.933 ± 0.010 over all 5-subsets of the 10 fits, against
-        0.895 ± 0.038 for one fit (best of 3: 0.923 ± 0.027; ``doc/benchmarks.rst``).
-        ``clustering="kmeans"`` only: PIC finds its own number of clusters, and objectives
-        over different numbers of clusters are not comparable.
     reassign : int, default=1
         Epochs between two reassignments (paper: every epoch).
     uniform_sampling : bool, default=True
@@ -273,10 +260,7 @@ class DeepClusterer(BaseDeepClusterer):
         ``seconds_training``, ``seconds``. The last entry (stage ``"final_clustering"``) is the
         clustering of the trained network.
     n_iter_ : int
-        Epochs trained, over all stages (of the kept restart).
-    restart_inertias_ : list of float
-        ``inertia_`` of every restart, in order (one value when ``n_restarts=1``); the fitted
-        attributes are those of the lowest.
+        Epochs trained, over all stages.
     precision_ : str
         The arithmetic used (``"float32"``, ``"bfloat16"`` or ``"float16"``).
     module_ : torch.nn.ModuleDict
@@ -404,7 +388,6 @@ class DeepClusterer(BaseDeepClusterer):
         "n_components": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "kmeans_n_iter": [Interval(Integral, 1, None, closed="left")],
         "n_init": [Interval(Integral, 1, None, closed="left")],
-        "n_restarts": [Interval(Integral, 1, None, closed="left")],
         "reassign": [Interval(Integral, 1, None, closed="left")],
         "uniform_sampling": ["boolean"],
         "sobel": ["boolean"],
@@ -429,7 +412,6 @@ class DeepClusterer(BaseDeepClusterer):
         n_components="auto",
         kmeans_n_iter=20,
         n_init=10,
-        n_restarts=1,
         reassign=1,
         uniform_sampling=True,
         sobel=True,
@@ -459,7 +441,6 @@ class DeepClusterer(BaseDeepClusterer):
         self.n_components = n_components
         self.kmeans_n_iter = kmeans_n_iter
         self.n_init = n_init
-        self.n_restarts = n_restarts
         self.reassign = reassign
         self.uniform_sampling = uniform_sampling
         self.sobel = sobel
@@ -481,50 +462,6 @@ class DeepClusterer(BaseDeepClusterer):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
-
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Fit the clusterer on X (``n_restarts`` times, the lowest ``inertia_`` kept).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features) or image array
-            Features, or images of shape (n, H, W), (n, H, W, C) or (n, C, H, W).
-        y : Ignored
-
-        Returns
-        -------
-        self : object
-            The fitted estimator.
-        """
-        if self.n_restarts == 1:
-            super().fit(X, y)
-            self.restart_inertias_ = [self.inertia_]
-            return self
-        if self.clustering != "kmeans":
-            raise ValueError(
-                f"n_restarts={self.n_restarts} needs clustering='kmeans': PIC finds its own "
-                "number of clusters, whose objectives cannot be compared."
-            )
-        attributes_before = set(vars(self))
-        seeds = check_random_state(self.random_state).randint(
-            np.iinfo(np.int32).max, size=self.n_restarts
-        )
-        best, inertias = None, []
-        try:
-            for seed in seeds:
-                run = clone(self).set_params(n_restarts=1, random_state=int(seed)).fit(X, y)
-                inertias.append(run.inertia_)
-                if best is None or run.inertia_ < best.inertia_:
-                    best = run
-        finally:  # an earlier fit's attributes never survive, whether this one ends or raises
-            self._discard_fit_state(attributes_before)
-        parameters = self.get_params(deep=False)
-        for name, value in vars(best).items():
-            if name not in parameters:
-                setattr(self, name, value)
-        self.restart_inertias_ = inertias
-        return self
 
     def _augment(self, batch, generator):
         if callable(self.augmentation_):
