@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: data loading, scoring, table printing."""
 
+import ast
 import gzip
 import json
 import os
@@ -89,6 +90,19 @@ def print_table(rows, title):
         cells = [f"{summary[k][0]:.3f} ± {summary[k][1]:.3f}" for k in ("acc", "nmi", "ari")]
         print(f"{name:44s} {cells[0]:>15s} {cells[1]:>15s} {cells[2]:>15s} "
               f"{summary['seconds'][0]:>12.1f}")
+
+
+def overrides(pairs):
+    """``--set`` values: ``KEY=VALUE`` pairs, each value a Python literal (``None``, ``10``,
+    ``0.5``, ``'adam'``) or else a plain string."""
+    params = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            params[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key] = value
+    return params
 
 
 def save(name, payload):

@@ -14,6 +14,12 @@ Labels are used for scoring only.
 digits, and ``--heads 1 10`` trains the SCAN step once per head count on the same pretext model:
 the paper's lowest-loss head selection as a remedy for the seed spread (issue 16).
 
+``--step-seeds N`` (with ``digits-defaults``) separates the two sources of that spread: the
+pretext model of each seed is trained once (and kept in ``--pretext-cache``, so that later
+runs reuse it), then the SCAN step and self-labelling run N times on it with other seeds. Each
+fit's row holds ACC / NMI / ARI after the SCAN step and after self-labelling, the clusters
+used, the label-free ``score`` and head loss, the kept epoch and the confident samples.
+
 Usage::
 
     python benchmarks/bench_scan.py            # digits + Fashion-MNIST 10k subset, 3 seeds
@@ -22,6 +28,8 @@ Usage::
         --seeds 1 --out benchmarks/results/scan_defaults_seed0.json      # one file per seed, then
     python benchmarks/bench_scan.py --merge benchmarks/results/scan_defaults_seed*.json \
         --out benchmarks/results/scan_defaults.json
+    python benchmarks/bench_scan.py --datasets digits-defaults --first-seed 0 --seeds 1 \
+        --step-seeds 8 --out benchmarks/results/scan_step_seeds_pretext0.json
 """
 
 import argparse
@@ -29,9 +37,10 @@ import json
 import os
 import time
 
+import joblib
 import numpy as np
 import torch
-from _common import digits_images, fashion_mnist_subset, scores
+from _common import digits_images, fashion_mnist_subset, overrides, scores
 from sklearn.cluster import KMeans
 
 from skdeepcluster import SCANClusterer
@@ -102,6 +111,77 @@ def run_seed(images, y, config, seed, heads=None, augmentations=None):
             rows["SCAN + self-labelling" + suffix] = scores(y, full.labels_)
             rows["SCAN + self-labelling" + suffix]["n_confident"] = full.n_confident_
     return rows, times, purity
+
+
+def fitted_pretext(images, config, seed, cache_dir):
+    """The seed's fitted pretext estimator, from ``cache_dir`` when an earlier run left it."""
+    path = os.path.join(cache_dir, f"scan_pretext_seed{seed}.joblib") if cache_dir else None
+    if path and os.path.exists(path):
+        return joblib.load(path), 0.0, 0.0
+    wall, cpu = time.perf_counter(), time.process_time()
+    pretext = SCANClusterer(
+        10, **config["pretext"], self_labeling=False, max_epochs=1, n_heads=1, random_state=seed
+    ).fit(images)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        joblib.dump(pretext, path)
+    return pretext, wall, cpu
+
+
+def run_step_seeds(images, y, config, seed, steps, cache_dir, params=None,
+                   stages=("scan", "selflabel"), save=None):
+    """The SCAN step (``"scan"``: a fit without self-labelling) and the whole clustering
+    (``"selflabel"``) on one seed's pretext model, once per step index in ``steps`` (the fit's
+    seed is ``1000 (seed + 1) + step``), ``params`` set on both fits; ``save(result)`` after
+    every fit."""
+    pretext, wall, cpu = fitted_pretext(images, config, seed, cache_dir)
+    features = pretext.transform(images)
+    result = {
+        "pretext_seed": seed,
+        "pretext_epochs": sum(e["stage"] == "pretext" for e in pretext.history_),
+        "pretext_wall_s": wall,
+        "pretext_cpu_s": cpu,
+        "purity": float((y[pretext.neighbors_[:, 1:]] == y[:, None]).mean()),
+        "kmeans_pretext": scores(y, KMeans(10, n_init=10, random_state=seed).fit_predict(features)),
+        "fits": [],
+    }
+    for step in steps:
+        step_seed = 1000 * (seed + 1) + step
+        common = dict(
+            backbone=pretext.pretext_model_, pretext=None, random_state=step_seed,
+            **config["scan"], **(params or {}),
+        )
+        row = {"step_seed": step_seed}
+        result["fits"].append(row)
+        stage_params = {"scan": dict(self_labeling=False), "selflabel": config["selflabel"]}
+        for name in stages:
+            wall, cpu = time.perf_counter(), time.process_time()
+            model = SCANClusterer(10, **common, **stage_params[name]).fit(images)
+            confident = [e["n_confident"] for e in model.history_ if e["stage"] == "selflabel"]
+            row[name] = {
+                **scores(y, model.labels_),
+                "n_used": int(len(np.unique(model.labels_))),
+                "score": float(model.score(images)),
+                "head_loss": float(np.min(model.head_losses_)),
+                "best_epoch": int(model.best_epoch_),
+                "n_confident": int(model.n_confident_),
+                "selflabel_confident_per_epoch": confident,
+                "wall_s": time.perf_counter() - wall,
+                "cpu_s": time.process_time() - cpu,
+            }
+            if save:
+                save(result)
+        print(
+            f"[pretext {seed} step {step_seed}] "
+            + "  ".join(
+                f"{k}: acc={row[k]['acc']:.3f} used={row[k]['n_used']} "
+                f"score={row[k]['score']:.4f} conf={row[k]['n_confident']}"
+                for k in stages
+            ),
+            flush=True,
+        )
+    return result
 
 
 def summarize(name, n_samples, image_shape, seeds, per_seed, all_times, purities):
@@ -204,6 +284,28 @@ def main():
         default=None,
         help="merge result files of disjoint seeds into --out, run nothing",
     )
+    parser.add_argument(
+        "--step-seeds",
+        type=int,
+        default=0,
+        help="run the SCAN step and self-labelling this many times on each pretext model",
+    )
+    parser.add_argument("--first-step", type=int, default=0,
+                        help="index of the first --step-seeds fit (seed 1000 (seed + 1) + index)")
+    parser.add_argument(
+        "--pretext-cache",
+        default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "skdc_scan_pretext"),
+        help="folder of fitted pretext estimators reused by --step-seeds runs",
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        default=["scan", "selflabel"],
+        choices=["scan", "selflabel"],
+        help="--step-seeds fits to run: the SCAN step alone, the whole clustering, or both",
+    )
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="parameters of the --step-seeds fits, e.g. self_labeling_lr=1e-4")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     default_out = os.path.join(os.path.dirname(__file__), "results", "scan.json")
     parser.add_argument("--out", default=default_out)
@@ -232,6 +334,22 @@ def main():
         "torch_threads": torch.get_num_threads(),
         "datasets": {},
     }
+    if args.step_seeds:
+        images, y = digits_images()
+        results["step_seeds"] = []
+        steps = range(args.first_step, args.first_step + args.step_seeds)
+
+        def save(result):
+            done = [r for r in results["step_seeds"] if r is not result]
+            with open(args.out, "w") as f:
+                json.dump({**results, "step_seeds": done + [result]}, f, indent=2)
+
+        for seed in seeds:
+            results["step_seeds"].append(run_step_seeds(
+                images, y, CONFIGS["digits-defaults"], seed, steps, args.pretext_cache,
+                overrides(args.set), args.stages, save,
+            ))
+        datasets = []
     for name in datasets:
         if name.startswith("digits"):
             images, y = digits_images()
@@ -253,7 +371,8 @@ def main():
         results["datasets"][name] = summarize(
             name, len(images), images.shape[1:], seeds, per_seed, all_times, purities
         )
-    results["table"] = print_results(results)
+    if datasets:
+        results["table"] = print_results(results)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 import torch
-from _common import RESULTS_DIR, digits_features, digits_images, kmeans_run, scores
+from _common import RESULTS_DIR, digits_features, digits_images, kmeans_run, overrides, scores
 from torch import nn
 from torch.nn import functional as F
 
@@ -351,21 +351,6 @@ def fit_once(name, params, seed):
         row["kmeans_init_acc"] = scores(y, model.kmeans_labels_)["acc"]
     print(json.dumps(row), flush=True)
     return row
-
-
-def overrides(pairs):
-    """``--set`` values: ``KEY=VALUE`` pairs, each value a Python literal (``None``, ``10``,
-    ``0.5``, ``'adam'``) or else a plain string."""
-    import ast
-
-    params = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            params[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            params[key] = value
-    return params
 
 
 def defaults(args):
