@@ -291,17 +291,21 @@ def test_auto_learning_rates_follow_each_steps_length(digits, monkeypatch):
     make_optimizer = scan_module.make_optimizer
     monkeypatch.setattr(scan_module, "make_optimizer", lambda kind, groups, **kwargs: (
         rates.append((kind, kwargs["lr"])) or make_optimizer(kind, groups, **kwargs)))
-    # 300 samples: 4 batches of 64 x 50 epochs = 200 SCAN steps, 4 x 40 = 160 self-labelling
+    # 300 samples: 4 batches of 64 x 50 epochs = 200 SCAN steps, 4 x 40 = 160 self-labelling;
+    # self-labelling keeps the paper's 1e-4 by default, follows the rule when asked to
     model = _small(n_clusters=3, lr="auto", max_epochs=50, self_labeling_epochs=40, tol=0.5,
                    n_iter_no_change=1).fit(features[:300])
-    assert model.lr_ == pytest.approx(1e-3) and model.self_labeling_lr_ == pytest.approx(1e-3)
+    assert model.lr_ == pytest.approx(1e-3) and model.self_labeling_lr_ == 1e-4
     assert rates == [("adam", model.lr_), ("adam", model.self_labeling_lr_)]
+    model = _small(n_clusters=3, lr="auto", max_epochs=50, self_labeling_epochs=40, tol=0.5,
+                   n_iter_no_change=1, self_labeling_lr=None).fit(features[:300])
+    assert model.self_labeling_lr_ == pytest.approx(1e-3)
     # enough steps: the paper's rate; 10 000 steps on 300 samples take 2 500 epochs (capped)
     model = _small(n_clusters=3, max_epochs=4_875, self_labeling_epochs=2_500, tol=0.5,
-                   n_iter_no_change=1).fit(features[:300])
+                   n_iter_no_change=1, self_labeling_lr="auto").fit(features[:300])
     assert model.lr_ == pytest.approx(1e-4) and model.self_labeling_lr_ == pytest.approx(1e-4)
     # explicit values are kept; self_labeling_lr=None follows an explicit lr
-    model = _small(n_clusters=3, lr=3e-4).fit(features[:300])
+    model = _small(n_clusters=3, lr=3e-4, self_labeling_lr=None).fit(features[:300])
     assert model.lr_ == 3e-4 and model.self_labeling_lr_ == 3e-4
     model = _small(n_clusters=3, lr=3e-4, self_labeling_lr="auto").fit(features[:300])
     assert model.self_labeling_lr_ == pytest.approx(1e-3)
