@@ -79,16 +79,10 @@ def run_seed(images, y, config, seed, heads=None, augmentations=None):
     rows["KMeans (pixels)"] = scores(y, KMeans(10, n_init=10, random_state=seed).fit_predict(flat))
     times["KMeans (pixels)"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    pretext = SCANClusterer(
-        10, **config["pretext"], self_labeling=False, max_epochs=1, n_heads=1, random_state=seed
-    ).fit(images)
+    pretext = fitted_pretext(images, config, seed)
     times["pretext"] = stage_seconds(pretext, "pretext")
-    features = pretext.transform(images)
-    rows["KMeans (pretext features)"] = scores(
-        y, KMeans(10, n_init=10, random_state=seed).fit_predict(features)
-    )
-    purity = float((y[pretext.neighbors_[:, 1:]] == y[:, None]).mean())
+    rows["KMeans (pretext features)"] = kmeans_on_features(pretext, images, y, seed)
+    purity = neighbour_purity(pretext, y)
 
     common = dict(backbone=pretext.pretext_model_, pretext=None, random_state=seed)
     head_counts = heads or [config["scan"].get("n_heads", 1)]
@@ -113,20 +107,28 @@ def run_seed(images, y, config, seed, heads=None, augmentations=None):
     return rows, times, purity
 
 
-def fitted_pretext(images, config, seed, cache_dir):
-    """The seed's fitted pretext estimator, from ``cache_dir`` when an earlier run left it."""
+def fitted_pretext(images, config, seed, cache_dir=None):
+    """The seed's fitted pretext estimator (SimCLR and mining; the SCAN step cut to one
+    epoch), from ``cache_dir`` when an earlier run left it there."""
     path = os.path.join(cache_dir, f"scan_pretext_seed{seed}.joblib") if cache_dir else None
     if path and os.path.exists(path):
-        return joblib.load(path), 0.0, 0.0
-    wall, cpu = time.perf_counter(), time.process_time()
+        return joblib.load(path)
     pretext = SCANClusterer(
         10, **config["pretext"], self_labeling=False, max_epochs=1, n_heads=1, random_state=seed
     ).fit(images)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         joblib.dump(pretext, path)
-    return pretext, wall, cpu
+    return pretext
+
+
+def neighbour_purity(model, y):
+    """Share of the mined neighbours (the sample itself left out) that share its class."""
+    return float((y[model.neighbors_[:, 1:]] == y[:, None]).mean())
+
+
+def kmeans_on_features(model, images, y, seed):
+    return scores(y, KMeans(10, n_init=10, random_state=seed).fit_predict(model.transform(images)))
 
 
 def run_step_seeds(images, y, config, seed, steps, cache_dir, params=None,
@@ -135,15 +137,13 @@ def run_step_seeds(images, y, config, seed, steps, cache_dir, params=None,
     (``"selflabel"``) on one seed's pretext model, once per step index in ``steps`` (the fit's
     seed is ``1000 (seed + 1) + step``), ``params`` set on both fits; ``save(result)`` after
     every fit."""
-    pretext, wall, cpu = fitted_pretext(images, config, seed, cache_dir)
-    features = pretext.transform(images)
+    pretext = fitted_pretext(images, config, seed, cache_dir)
     result = {
         "pretext_seed": seed,
         "pretext_epochs": sum(e["stage"] == "pretext" for e in pretext.history_),
-        "pretext_wall_s": wall,
-        "pretext_cpu_s": cpu,
-        "purity": float((y[pretext.neighbors_[:, 1:]] == y[:, None]).mean()),
-        "kmeans_pretext": scores(y, KMeans(10, n_init=10, random_state=seed).fit_predict(features)),
+        "pretext_seconds": stage_seconds(pretext, "pretext"),
+        "purity": neighbour_purity(pretext, y),
+        "kmeans_pretext": kmeans_on_features(pretext, images, y, seed),
         "fits": [],
     }
     for step in steps:
@@ -339,10 +339,10 @@ def main():
         results["step_seeds"] = []
         steps = range(args.first_step, args.first_step + args.step_seeds)
 
-        def save(result):
-            done = [r for r in results["step_seeds"] if r is not result]
+        def save(result):  # the finished pretext seeds and the one in progress
             with open(args.out, "w") as f:
-                json.dump({**results, "step_seeds": done + [result]}, f, indent=2)
+                json.dump({**results, "step_seeds": results["step_seeds"] + [result]}, f,
+                          indent=2)
 
         for seed in seeds:
             results["step_seeds"].append(run_step_seeds(
