@@ -97,7 +97,7 @@ def embed_part(args):
                          "images_per_s": len(images) / wall}
         print(f"{split}: {len(images)} images in {wall:.0f} s wall / {cpu:.0f} s CPU "
               f"({len(images) / wall:.1f} img/s)", flush=True)
-    save(f"embeddings_embed_{tag(args)}",
+    save(f"embeddings_embed_{tag(args)}{args.tag}",
          {"size": args.size, "train_n": args.train_n, "threads": torch.get_num_threads(),
           "timing": timing})
 
@@ -160,13 +160,13 @@ def main():
         p = sub.add_parser(part)
         p.add_argument("--size", type=int, default=224, help="ImageEmbedder's default: 224")
         p.add_argument("--train-n", type=int, default=None, help="training subset (seed 0)")
+        p.add_argument("--tag", default="", help="suffix of the result file's name")
         if part == "embed":
             p.add_argument("--precision", default="auto", help="ImageEmbedder's precision")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=["kmeans", "temi", "scan"])
     p.add_argument("--temi-heads", type=int, default=4)
     p.add_argument("--temi-epochs", type=int, default=200, help="cap (paper: 200)")
-    p.add_argument("--tag", default="")
     args = parser.parse_args()
     {"resolution": resolution, "embed": embed_part, "cluster": cluster}[args.part](args)
 
