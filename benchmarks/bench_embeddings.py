@@ -9,11 +9,13 @@ subset of them), score on the 10 000 test images (labels used for scoring only).
     python benchmarks/bench_embeddings.py resolution --n 2000 --sizes 96 128 224
     python benchmarks/bench_embeddings.py resolution --sizes 224 --precisions float32 bfloat16
     python benchmarks/bench_embeddings.py embed --size 224 --train-n 10000
+    python benchmarks/bench_embeddings.py neighbors --size 224 --train-n 10000
     python benchmarks/bench_embeddings.py cluster --size 224 --train-n 10000 --seeds 0 1 2
 
 ``resolution`` measures what a smaller network input costs in accuracy (KMeans on the
 embeddings of ``n`` test images per side); ``embed`` writes the embeddings to ``--cache``
-(default ``$TMPDIR/skdc_embeddings``) with their time; ``cluster`` reads them. Results go to
+(default ``$TMPDIR/skdc_embeddings``) with their time; ``neighbors`` measures how often the
+mined neighbours share a class; ``cluster`` reads the embeddings. Results go to
 ``benchmarks/results/embeddings_<part>*.json``.
 """
 
@@ -27,9 +29,11 @@ import numpy as np
 import torch
 from _common import fashion_mnist, fashion_mnist_subset, save, scores
 from sklearn.cluster import KMeans
+from sklearn.datasets import load_digits
 from sklearn.preprocessing import normalize
 
 from skdeepcluster import ImageEmbedder, SCANClusterer, TEMIClusterer
+from skdeepcluster.neighbors import mine_neighbors
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "skdc_embeddings"
 
@@ -102,13 +106,32 @@ def embed_part(args):
           "timing": timing})
 
 
+def neighbors(args):
+    """How often a training sample's nearest neighbours (cosine, the pairs TEMI and SCAN train
+    on) share its class, overall and per class, on the embeddings and on the digits' pixels."""
+    X = normalize(np.load(cache_path(args.cache, args.size, "train", args.train_n)))
+    _, y = load_split("train", args.train_n)
+    digits, y_digits = load_digits(return_X_y=True)
+    rows = {}
+    for name, (features, labels) in {"embeddings": (X, y),
+                                     "digits pixels": (digits / 16.0, y_digits)}.items():
+        same = labels[mine_neighbors(features, n_neighbors=max(args.k))] == labels[:, None]
+        rows[name] = {"purity": {k: float(same[:, :k].mean()) for k in args.k},
+                      "per_class": [float(same[labels == c].mean()) for c in range(10)]}
+        print(f"{name}: purity " + ", ".join(f"k={k} {v:.3f}"
+                                             for k, v in rows[name]["purity"].items())
+              + f"; per class (k={max(args.k)}) "
+              + " ".join(f"{v:.2f}" for v in rows[name]["per_class"]), flush=True)
+    save(f"embeddings_neighbors_{tag(args)}{args.tag}", {"k": args.k, "rows": rows})
+
+
 def estimators(args, seed):
     """The clusterers compared, built for one seed."""
     return {
         "KMeans (n_init=10)": lambda: KMeans(10, n_init=10, random_state=seed),
         f"TEMI, {args.temi_heads} heads": lambda: TEMIClusterer(
             n_clusters=10, n_heads=args.temi_heads, max_epochs=args.temi_epochs,
-            random_state=seed),
+            verbose=args.verbose, random_state=seed),
         "SCAN step + self-labelling": lambda: SCANClusterer(n_clusters=10, random_state=seed),
     }
 
@@ -156,19 +179,24 @@ def main():
     p.add_argument("--precisions", nargs="+", default=["auto"],
                    help="ImageEmbedder precisions to compare, e.g. float32 bfloat16")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    for part in ("embed", "cluster"):
+    for part in ("embed", "neighbors", "cluster"):
         p = sub.add_parser(part)
         p.add_argument("--size", type=int, default=224, help="ImageEmbedder's default: 224")
         p.add_argument("--train-n", type=int, default=None, help="training subset (seed 0)")
         p.add_argument("--tag", default="", help="suffix of the result file's name")
         if part == "embed":
             p.add_argument("--precision", default="auto", help="ImageEmbedder's precision")
+        if part == "neighbors":
+            p.add_argument("--k", type=int, nargs="+", default=[1, 10, 20, 50])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=["kmeans", "temi", "scan"])
     p.add_argument("--temi-heads", type=int, default=4)
     p.add_argument("--temi-epochs", type=int, default=200, help="cap (paper: 200)")
+    p.add_argument("--verbose", type=int, default=0, help="TEMI progress lines")
     args = parser.parse_args()
-    {"resolution": resolution, "embed": embed_part, "cluster": cluster}[args.part](args)
+    parts = {"resolution": resolution, "embed": embed_part, "neighbors": neighbors,
+             "cluster": cluster}
+    parts[args.part](args)
 
 
 if __name__ == "__main__":
