@@ -233,7 +233,7 @@ def heads(args):
           f"{result['speedup_wall']:.2f}x (wall); {result['gflop_per_step']:.1f} GFLOP per "
           f"step, GEMM floor {floor:.3f} s, ours at {result['ours_over_floor']:.2f}x the floor")
     save(f"heads_d{d}_b{batch}_h{args.heads}_t{result['threads']}_{result['precision']}_"
-         f"{device.type}", result)
+         f"{device.type}{args.tag}", result)
 
 
 # ---------------------------------------------------------------------------- backbones
@@ -485,6 +485,7 @@ def main():
     p.add_argument("--steps-per-epoch", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--precision", default="auto")
+    p.add_argument("--tag", default="", help="file name suffix, e.g. _quiet")
     p = sub.add_parser("backbones")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--force", action="store_true", help="bfloat16 even where it is emulated")
