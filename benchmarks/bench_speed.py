@@ -274,7 +274,7 @@ def backbones(args):
             print(f"{name:32s} batch {batch:4d} {key:24s} {value['wall'] * 1000:8.1f} ms wall "
                   f"{value['cpu'] * 1000:8.1f} ms CPU  x{base['cpu'] / value['cpu']:.2f} "
                   f"(CPU) vs float32/nchw", flush=True)
-    save(f"backbones_{device.type}_t{torch.get_num_threads()}",
+    save(f"backbones_{device.type}_t{torch.get_num_threads()}{args.tag}",
          {"device": str(device), "threads": torch.get_num_threads(), "rows": rows})
 
 
@@ -489,6 +489,7 @@ def main():
     p = sub.add_parser("backbones")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--force", action="store_true", help="bfloat16 even where it is emulated")
+    p.add_argument("--tag", default="", help="file name suffix, e.g. _guest2")
     p = sub.add_parser("embedder")
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 96])
     p.add_argument("--batch", type=int, default=64, help="ImageEmbedder's default batch")
