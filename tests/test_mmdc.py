@@ -12,7 +12,7 @@ from sklearn.utils import check_random_state
 from skdeepcluster import MMDCClusterer
 from skdeepcluster.methods.mmdc import reassign_batch_targets, sample_mixture_targets
 from skdeepcluster.metrics import clustering_accuracy_score
-from skdeepcluster.nn.backbones import MLP, Sobel
+from skdeepcluster.nn.backbones import MLP, SmallCNN, SmallVGG, Sobel, make_backbone
 
 # Behaviour tests here fit 1-4 epochs on a few hundred samples: a (partly) collapsed
 # clustering is expected and beside their point. Only these known warnings are
@@ -180,6 +180,34 @@ def test_rotation_task_on_images():
     off = MMDCClusterer(10, rotation_task=False, **params).fit(images)
     assert off.module_.rotation_head is None
     assert all(np.isnan(h["rotation_loss"]) for h in off.history_)
+
+
+@pytest.mark.parametrize("size, n_pools, out_features", [
+    (8, 3, 256),  # 8 → 4 → 2 → 1: the fourth block keeps its 1 px map
+    (28, 4, 256),  # 28 → 14 → 7 → 3 → 1
+    (32, 4, 1024),  # the authors' 32 px MNIST input: 256 × 2 × 2, flattened
+])
+def test_small_vgg_is_the_papers_four_block_network(size, n_pools, out_features):
+    network = SmallVGG(1, image_size=size)
+    convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 256]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in network.modules()) == n_pools
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules()) == 4
+    assert network.out_features == out_features
+    assert network(torch.zeros(3, 1, size, size)).shape == (3, out_features)
+    assert isinstance(make_backbone("small_vgg", "images", (1, size, size)), SmallVGG)
+
+
+def test_auto_backbone_is_the_papers_mnist_network_on_small_images():
+    images, _ = _digit_images(64)
+    params = dict(max_epochs=1, batch_size=32, tol=None, random_state=0)
+    model = MMDCClusterer(10, **params).fit(images)
+    assert isinstance(model.module_.backbone, SmallVGG)
+    assert model.module_.cluster_head.in_features == 256
+    # the other estimators' six-convolution network stays available by name
+    cnn = MMDCClusterer(10, backbone="small_cnn", **params).fit(images)
+    assert isinstance(cnn.module_.backbone, SmallCNN)
 
 
 @pytest.mark.parametrize("rotation_first, order", [(False, ["cluster", "rotation"]),
