@@ -181,6 +181,35 @@ def temi_step_flops(n_heads, d, rows, k=10, hidden=512, bottleneck=256):
     return 2 * rows * n_heads * (3 * forward + hidden * bottleneck + bottleneck * k)
 
 
+def step_products(group_sizes, d, rows, dtype, device, k=10, hidden=512, bottleneck=256,
+                  repeats=5):
+    """Seconds of the batched matrix products of one TEMI step alone, as the step calls them:
+    per group of heads the student's and the teacher's forward products and the student's
+    weight and input gradients (none for the first layer's input), in ``dtype``."""
+    def rand(*shape):
+        return torch.randn(*shape, device=device).to(dtype)
+
+    groups = []
+    for g in sorted(set(group_sizes)):
+        x = rand(rows, d).expand(g, rows, d)
+        w1, w2, w3 = rand(g, d, hidden), rand(g, hidden, bottleneck), rand(g, bottleneck, k)
+        a1, a2 = rand(g, rows, hidden), rand(g, rows, bottleneck)
+        g1, g2, g3 = rand(g, rows, hidden), rand(g, rows, bottleneck), rand(g, rows, k)
+        groups.append((g, x, w1, w2, w3, a1, a2, g1, g2, g3))
+
+    def run():
+        for g, x, w1, w2, w3, a1, a2, g1, g2, g3 in groups:
+            for _ in range(group_sizes.count(g)):
+                for _ in range(2):  # student and teacher forward
+                    torch.bmm(x, w1), torch.bmm(a1, w2), torch.bmm(a2, w3)
+                torch.bmm(a2.transpose(1, 2), g3), torch.bmm(g3, w3.transpose(1, 2))
+                torch.bmm(a1.transpose(1, 2), g2), torch.bmm(g2, w2.transpose(1, 2))
+                torch.bmm(x.transpose(1, 2), g1)
+
+    run()
+    return min(timed(run, device)[0] for _ in range(repeats))
+
+
 def heads(args):
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -211,6 +240,8 @@ def heads(args):
     counts = [2, 3, 3]  # student fwd + weight grad + teacher fwd; + input grad for layers 2, 3
     floor = sum(2 * 2 * batch * args.heads * c * m / (r * 1e9)
                 for c, m, r in zip(counts, per_row, rates, strict=True))
+    group_sizes = list(ours.module_["student"].group_sizes)
+    products = step_products(group_sizes, d, 2 * batch, dtype, device)
     result = {
         "heads": args.heads, "dim": d, "batch": batch, "threads": torch.get_num_threads(),
         "device": str(device), "precision": str(dtype).removeprefix("torch."),
@@ -221,6 +252,8 @@ def heads(args):
         "speedup_wall": times["authors"]["wall"] / times["ours"]["wall"],
         "gflop_per_step": flops / 1e9, "floor_s_per_step": floor,
         "ours_over_floor": times["ours"]["wall"] / steps / floor,
+        # the step's batched products alone, as the step calls them (shapes and groups)
+        "products_s_per_step": products, "products_over_floor": products / floor,
     }
     print(f"TEMI step, {args.heads} heads, d={d}, batch {batch} pairs, "
           f"{result['threads']} thread(s), {result['precision']}, "
@@ -232,6 +265,8 @@ def heads(args):
     print(f"  speed-up {result['speedup_cpu']:.2f}x (CPU seconds), "
           f"{result['speedup_wall']:.2f}x (wall); {result['gflop_per_step']:.1f} GFLOP per "
           f"step, GEMM floor {floor:.3f} s, ours at {result['ours_over_floor']:.2f}x the floor")
+    print(f"  the step's batched products alone: {products:.3f} s "
+          f"({result['products_over_floor']:.2f}x the floor)")
     save(f"heads_d{d}_b{batch}_h{args.heads}_t{result['threads']}_{result['precision']}_"
          f"{device.type}{args.tag}", result)
 
