@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from skdeepcluster import SCANClusterer, clustering_accuracy_score, overclustering_accuracy_score
 from skdeepcluster.methods.scan import SimCLRNetwork, auto_learning_rate
-from skdeepcluster.nn.backbones import SmallCNN
+from skdeepcluster.nn.backbones import SmallCNN, SmallVGG
 from skdeepcluster.nn.losses import confidence_cross_entropy, nt_xent_loss, scan_loss
 
 # Behaviour tests here fit 1-4 epochs on a few hundred samples: a (partly) collapsed
@@ -164,6 +164,17 @@ def test_full_pipeline_on_images_records_every_step(digits):
     assert isinstance(model.pretext_model_, SimCLRNetwork)
     restored = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(restored.predict(images[:300]), model.labels_)
+
+
+def test_auto_backbone_on_small_images_is_the_small_vgg(digits):
+    images = digits[0][:128]
+    model = _small().fit(images)
+    assert isinstance(model.pretext_model_.backbone, SmallVGG)
+    assert isinstance(model.module_["backbone"], SmallVGG)
+    cnn = _small(backbone="small_cnn").fit(images)
+    assert isinstance(cnn.pretext_model_.backbone, SmallCNN)
+    # no pretext task: the clustering backbone itself
+    assert isinstance(_small(pretext=None).fit(images).module_["backbone"], SmallVGG)
 
 
 def test_best_head_has_lowest_selection_loss(digits):

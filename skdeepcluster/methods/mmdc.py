@@ -22,7 +22,7 @@ from ..nn.augment import (
     rotate_quarters,
     small_image_affine,
 )
-from ..nn.backbones import Sobel, is_small_image, make_backbone
+from ..nn.backbones import Sobel, make_backbone
 from ..nn.heads import l2_normalize
 
 __all__ = ["MMDCClusterer", "sample_mixture_targets", "reassign_batch_targets"]
@@ -517,10 +517,9 @@ class MMDCClusterer(BaseDeepClusterer):
             input_shape = (2, *input_shape[1:])
         user_module = self.backbone if isinstance(self.backbone, nn.Module) else None
         name = "auto" if user_module is not None else self.backbone
-        if name == "auto" and user_module is None and self.input_kind_ == "images" \
-                and is_small_image(input_shape):
-            name = "small_vgg"  # the paper's MNIST network (Sec. IV-A)
-        backbone = make_backbone(name, self.input_kind_, input_shape, user_module=user_module)
+        # on small images the paper's MNIST network (Sec. IV-A)
+        backbone = make_backbone(name, self.input_kind_, input_shape, user_module=user_module,
+                                 small_images="small_vgg")
         network = _MMDCNetwork(backbone, target_dim, self.rotation_task_, self.sobel)
         self.module_ = trainer.prepare(network)
 

@@ -157,20 +157,22 @@ def is_small_image(input_shape):
     return min(input_shape[1:]) < SMALL_IMAGE_SIDE
 
 
-def make_backbone(name, input_kind, input_shape, *, user_module=None):
+def make_backbone(name, input_kind, input_shape, *, user_module=None, small_images="small_cnn"):
     """Build the feature extractor for an estimator.
 
     Parameters
     ----------
     name : {"auto", "mlp", "small_cnn", "small_vgg", "resnet18"}
-        ``"auto"``: an MLP for features, a small CNN for images under 32 px, the CIFAR
-        ResNet-18 from 32 px.
+        ``"auto"``: an MLP for features, the ``small_images`` network for images under 32 px,
+        the CIFAR ResNet-18 from 32 px.
     input_kind : {"features", "images"}
     input_shape : tuple
         ``(n_features,)`` or ``(C, H, W)``.
     user_module : torch.nn.Module or None
         A user backbone; a deep copy is returned (the user's module is never trained). It must
         have an ``out_features`` attribute or one is measured with a dummy forward pass.
+    small_images : {"small_cnn", "small_vgg"}, default="small_cnn"
+        What ``"auto"`` means for images under 32 px: the estimator's choice.
 
     Returns
     -------
@@ -189,7 +191,7 @@ def make_backbone(name, input_kind, input_shape, *, user_module=None):
         if input_kind == "features":
             name = "mlp"
         else:
-            name = "small_cnn" if is_small_image(input_shape) else "resnet18"
+            name = small_images if is_small_image(input_shape) else "resnet18"
     if name == "mlp":
         return MLP(int(torch.tensor(input_shape).prod()))
     if input_kind != "images":
