@@ -299,8 +299,9 @@ def test_flips_auto_from_32_pixels(digits, monkeypatch):
 def test_bad_parameters():
     # bad input common to all estimators (NaN, too few samples, ...): test_common.py
     X = np.random.default_rng(0).normal(size=(30, 4))
-    with pytest.raises(ValueError, match="needs image input"):
-        _small(backbone="small_cnn").fit(X)
+    for name in ("small_cnn", "small_vgg", "resnet18"):
+        with pytest.raises(ValueError, match="needs image input"):
+            _small(backbone=name).fit(X)
     with pytest.raises(ValueError, match="n_centroids_per_cluster"):
         _small(n_centroids_per_cluster=0).fit(X)
     with pytest.raises(ValueError, match="backbone"):

@@ -187,6 +187,7 @@ def test_pic_clustering_reports_the_clusters_it_finds():
         (dict(clustering="pic", n_neighbors=20), np.random.rand(20, 4), "n_neighbors"),
         (dict(n_pseudo_labels=30), np.random.rand(20, 4), "n_pseudo_labels"),
         (dict(clustering="spectral"), np.random.rand(20, 4), "clustering"),
+        (dict(backbone="small_vgg"), np.random.rand(20, 4), "needs image input"),
     ],
 )
 def test_bad_input_is_rejected_before_training(params, X, match):

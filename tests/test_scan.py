@@ -339,8 +339,9 @@ def test_bad_parameters_get_clear_errors(digits):
     images, features, _ = digits
     with pytest.raises(ValueError, match="crop_scale"):
         _small(n_clusters=2, crop_scale=(0.9, 0.1)).fit(features[:50])
-    with pytest.raises(ValueError, match="needs image input"):
-        _small(n_clusters=2, backbone="small_cnn").fit(features[:50])
+    for name in ("small_cnn", "small_vgg"):
+        with pytest.raises(ValueError, match="needs image input"):
+            _small(n_clusters=2, backbone=name).fit(features[:50])
     with pytest.raises(ValueError, match="entropy_weight"):
         _small(entropy_weight=-1.0).fit(features[:50])
     with pytest.raises(ValueError, match="strong_crop_scale"):

@@ -19,7 +19,7 @@ from ..engine import (
 )
 from ..kmeans import kmeans, warn_if_few_points
 from ..nn.augment import color_jitter, gaussian_noise, random_affine, random_resized_crop
-from ..nn.backbones import is_small_image, make_backbone
+from ..nn.backbones import IMAGE_BACKBONES, is_small_image, make_backbone
 from ..nn.losses import association_loss, norm_loss, trafo_loss
 
 __all__ = ["ADCClusterer"]
@@ -94,11 +94,13 @@ class ADCClusterer(BaseDeepClusterer):
     ----------
     n_clusters : int, default=10
         Number of clusters K.
-    backbone : {"auto", "mlp", "small_cnn", "resnet18"} or torch.nn.Module, default="auto"
+    backbone : {"auto", "mlp", "small_cnn", "small_vgg", "resnet18"} or torch.nn.Module, \
+            default="auto"
         Trained feature extractor, followed by a linear layer to ``embedding_dim``. ``"auto"``:
         an MLP for features, :class:`~skdeepcluster.nn.backbones.SmallCNN` (a VGG-style convnet
-        like the paper's "VCNN") for images under 32 px, the CIFAR ResNet-18 from 32 px. A module
-        is deep-copied, never modified.
+        like the paper's "VCNN") for images under 32 px, the CIFAR ResNet-18 from 32 px.
+        ``"small_vgg"``: the four-convolution :class:`~skdeepcluster.nn.backbones.SmallVGG`. A
+        module is deep-copied, never modified.
     embedding_dim : int, default=128
         Dimension of embeddings and centroids (paper: 128; 64 for its ResNet).
     n_centroids_per_cluster : int, default=1
@@ -318,7 +320,7 @@ class ADCClusterer(BaseDeepClusterer):
 
     _parameter_constraints: dict = {
         **BaseDeepClusterer._parameter_constraints,
-        "backbone": [StrOptions({"auto", "mlp", "small_cnn", "resnet18"}), nn.Module],
+        "backbone": [StrOptions({"auto", "mlp", "small_cnn", "small_vgg", "resnet18"}), nn.Module],
         "embedding_dim": [Interval(Integral, 1, None, closed="left")],
         "n_centroids_per_cluster": [Interval(Integral, 1, None, closed="left")],
         "n_augmentations": [Interval(Integral, 1, None, closed="left")],
@@ -424,7 +426,7 @@ class ADCClusterer(BaseDeepClusterer):
         self.flip_ = self.flip
         if self.flip == "auto":  # feature input is never flipped
             self.flip_ = self.input_kind_ == "images" and not is_small_image(self.input_shape_)
-        if self.input_kind_ == "features" and self.backbone in ("small_cnn", "resnet18"):
+        if self.input_kind_ == "features" and self.backbone in IMAGE_BACKBONES:
             raise ValueError(
                 f"backbone={self.backbone!r} needs image input, but X is a feature matrix of "
                 f"shape {X.shape}; use backbone='mlp' or 'auto'."

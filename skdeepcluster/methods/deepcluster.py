@@ -129,10 +129,13 @@ class DeepClusterer(BaseDeepClusterer):
         Number of k-means clusters K (paper: 10 000 on ImageNet for representation learning; here
         the user's K). With ``clustering="pic"`` the number of clusters is *found* by PIC, not
         forced: ``n_clusters`` is then only the count the collapse warning compares against.
-    backbone : {"auto", "mlp", "small_cnn", "resnet18"}, torch.nn.Module or None, default=None
+    backbone : {"auto", "mlp", "small_cnn", "small_vgg", "resnet18"}, torch.nn.Module or None, \
+            default=None
         Network trained end to end (a copy; the user's module is not modified). None or "auto":
-        an MLP for features, a small VGG-style CNN for images under 32 px, a CIFAR ResNet-18
-        from 32 px (the paper: AlexNet or VGG-16 with batch norm on ImageNet).
+        an MLP for features, a small VGG-style CNN for images under 32 px (``"small_cnn"``, six
+        convolutions; the four-convolution ``"small_vgg"`` scored lower on the digits, see
+        ``doc/benchmarks.rst``), a CIFAR ResNet-18 from 32 px (the paper: AlexNet or VGG-16
+        with batch norm on ImageNet).
     n_pseudo_labels : int or None, default=None
         Number of k-means clusters used as pseudo-labels while training; the final clustering
         uses ``n_clusters``. None: ``n_clusters``. The paper finds over-segmentation helps the
@@ -385,7 +388,7 @@ class DeepClusterer(BaseDeepClusterer):
         **BaseDeepClusterer._parameter_constraints,
         "backbone": [
             torch.nn.Module,
-            StrOptions({"auto", "mlp", "small_cnn", "resnet18"}),
+            StrOptions({"auto", "mlp", "small_cnn", "small_vgg", "resnet18"}),
             None,
         ],
         "n_pseudo_labels": [Interval(Integral, 2, None, closed="left"), None],

@@ -29,7 +29,7 @@ from ..nn.augment import (
     random_resized_crop,
     strong_augment,
 )
-from ..nn.backbones import is_small_image, make_backbone
+from ..nn.backbones import IMAGE_BACKBONES, is_small_image, make_backbone
 from ..nn.heads import MultiHeadLinear, l2_normalize
 from ..nn.losses import confidence_cross_entropy, nt_xent_loss, scan_loss
 
@@ -582,7 +582,7 @@ class SCANClusterer(BaseDeepClusterer):
                 f"n_samples={X.shape[0]}."
             )
         if self.input_kind_ == "features" and isinstance(self.backbone, str):
-            if self.backbone in ("small_cnn", "small_vgg", "resnet18"):
+            if self.backbone in IMAGE_BACKBONES:
                 raise ValueError(
                     f"backbone={self.backbone!r} needs image input; X is a feature matrix."
                 )

@@ -147,6 +147,9 @@ class Sobel(nn.Module):
         return F.conv2d(grey, self.kernels, padding=1)
 
 
+#: The backbone names that need image input.
+IMAGE_BACKBONES = ("small_cnn", "small_vgg", "resnet18")
+
 #: Images with a side under this many pixels are "small" (digits, letters): they get the small
 #: CNN and the small-image augmentations; from it on, the papers' natural-image settings.
 SMALL_IMAGE_SIDE = 32
