@@ -19,7 +19,7 @@ from ..engine import (
 )
 from ..kmeans import kmeans, warn_if_few_points
 from ..nn.augment import color_jitter, gaussian_noise, random_affine, random_resized_crop
-from ..nn.backbones import IMAGE_BACKBONES, is_small_image, make_backbone
+from ..nn.backbones import BACKBONE_NAMES, IMAGE_BACKBONES, is_small_image, make_backbone
 from ..nn.losses import association_loss, norm_loss, trafo_loss
 
 __all__ = ["ADCClusterer"]
@@ -320,7 +320,7 @@ class ADCClusterer(BaseDeepClusterer):
 
     _parameter_constraints: dict = {
         **BaseDeepClusterer._parameter_constraints,
-        "backbone": [StrOptions({"auto", "mlp", "small_cnn", "small_vgg", "resnet18"}), nn.Module],
+        "backbone": [StrOptions(set(BACKBONE_NAMES)), nn.Module],
         "embedding_dim": [Interval(Integral, 1, None, closed="left")],
         "n_centroids_per_cluster": [Interval(Integral, 1, None, closed="left")],
         "n_augmentations": [Interval(Integral, 1, None, closed="left")],

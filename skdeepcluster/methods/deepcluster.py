@@ -19,7 +19,7 @@ from ..data import batch_to_tensor
 from ..engine import make_optimizer, parameter_groups
 from ..kmeans import kmeans, pca_whiten, train_pca_whitening, warn_if_few_points
 from ..nn.augment import apply_user_augmentation, small_image_affine, weak_augment
-from ..nn.backbones import Sobel, is_small_image, make_backbone
+from ..nn.backbones import BACKBONE_NAMES, Sobel, is_small_image, make_backbone
 from ..pic import power_iteration_clustering
 
 __all__ = ["DeepClusterer", "uniform_cluster_sampler"]
@@ -388,7 +388,7 @@ class DeepClusterer(BaseDeepClusterer):
         **BaseDeepClusterer._parameter_constraints,
         "backbone": [
             torch.nn.Module,
-            StrOptions({"auto", "mlp", "small_cnn", "small_vgg", "resnet18"}),
+            StrOptions(set(BACKBONE_NAMES)),
             None,
         ],
         "n_pseudo_labels": [Interval(Integral, 2, None, closed="left"), None],

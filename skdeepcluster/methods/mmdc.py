@@ -22,7 +22,7 @@ from ..nn.augment import (
     rotate_quarters,
     small_image_affine,
 )
-from ..nn.backbones import Sobel, make_backbone
+from ..nn.backbones import BACKBONE_NAMES, Sobel, make_backbone
 from ..nn.heads import l2_normalize
 
 __all__ = ["MMDCClusterer", "sample_mixture_targets", "reassign_batch_targets"]
@@ -354,7 +354,7 @@ class MMDCClusterer(BaseDeepClusterer):
     AVX512-BF16, seeds 0-2): ACC 0.936 ± 0.016 on one thread and 0.911 ± 0.022 on two (the two
     thread counts round differently and so train differently), against 0.894 ± 0.016 on one
     thread and 0.834 (seed 0) on two with ``"small_cnn"``, in less than half the CPU time:
-    130-160 CPU seconds a fit on one thread, 90-114 s wall on two (``"small_cnn"``: 430 CPU
+    134-160 CPU seconds a fit on one thread, 90-114 s wall on two (``"small_cnn"``: 430 CPU
     seconds for seed 0). ``doc/benchmarks.rst``.
 
     Stopping rule, measured on digits (MLP, ``augmentation="affine"``, no rotation task,
@@ -393,9 +393,7 @@ class MMDCClusterer(BaseDeepClusterer):
 
     _parameter_constraints: dict = {
         **BaseDeepClusterer._parameter_constraints,
-        "backbone": [
-            StrOptions({"auto", "mlp", "small_cnn", "small_vgg", "resnet18"}), torch.nn.Module
-        ],
+        "backbone": [StrOptions(set(BACKBONE_NAMES)), torch.nn.Module],
         "rotation_task": ["boolean"],
         "rotation_first": ["boolean"],
         "sigma": [Interval(Real, 0, None, closed="left")],

@@ -29,7 +29,7 @@ from ..nn.augment import (
     random_resized_crop,
     strong_augment,
 )
-from ..nn.backbones import IMAGE_BACKBONES, is_small_image, make_backbone
+from ..nn.backbones import BACKBONE_NAMES, IMAGE_BACKBONES, is_small_image, make_backbone
 from ..nn.heads import MultiHeadLinear, l2_normalize
 from ..nn.losses import confidence_cross_entropy, nt_xent_loss, scan_loss
 
@@ -446,9 +446,7 @@ class SCANClusterer(BaseDeepClusterer):
 
     _parameter_constraints: dict = {
         **BaseDeepClusterer._parameter_constraints,
-        "backbone": [
-            nn.Module, StrOptions({"auto", "mlp", "small_cnn", "small_vgg", "resnet18"})
-        ],
+        "backbone": [nn.Module, StrOptions(set(BACKBONE_NAMES))],
         "pretext": [StrOptions({"simclr"}), None],
         "pretext_epochs": [Interval(Integral, 1, None, closed="left")],
         "pretext_batch_size": [Interval(Integral, 2, None, closed="left")],

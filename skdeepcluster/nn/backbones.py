@@ -149,9 +149,11 @@ class Sobel(nn.Module):
 
 #: The backbone names that need image input.
 IMAGE_BACKBONES = ("small_cnn", "small_vgg", "resnet18")
+#: Every backbone name an estimator's ``backbone`` parameter accepts.
+BACKBONE_NAMES = ("auto", "mlp", *IMAGE_BACKBONES)
 
-#: Images with a side under this many pixels are "small" (digits, letters): they get the small
-#: CNN and the small-image augmentations; from it on, the papers' natural-image settings.
+#: Images with a side under this many pixels are "small" (digits, letters): they get a small
+#: convnet and the small-image augmentations; from it on, the papers' natural-image settings.
 SMALL_IMAGE_SIDE = 32
 
 
