@@ -95,3 +95,11 @@ def main(mode, out_dir):
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    # Every result is on disk and the process group is destroyed: leave without the
+    # interpreter's teardown, in which torch (2.14, gloo on a CPU) occasionally aborts with
+    # "terminate called without an active exception" after a run like this one (4 of 70
+    # measured runs, each after both ranks had destroyed their process group; a plain gloo
+    # script, 0 of 40). Its cause is in that teardown, not in the fit this test checks.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
