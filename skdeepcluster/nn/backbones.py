@@ -207,6 +207,4 @@ def make_backbone(name, input_kind, input_shape, *, user_module=None, small_imag
         return SmallVGG(input_shape[0], image_size=min(input_shape[1:]))
     if name == "resnet18":
         return CifarResNet18(input_shape[0])
-    raise ValueError(
-        f"Unknown backbone {name!r}: use 'auto', 'mlp', 'small_cnn', 'small_vgg' or 'resnet18'."
-    )
+    raise ValueError(f"Unknown backbone {name!r}: use one of {', '.join(BACKBONE_NAMES)}.")
