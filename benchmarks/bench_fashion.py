@@ -1,0 +1,82 @@
+"""Image estimators with their defaults on Fashion-MNIST, trained on the 60 000 training images
+and scored on the 10 000 test images (``predict``), against KMeans on the same pixels.
+
+Each fit is ``Estimator(n_clusters=10, random_state=seed, verbose=1)`` on the uint8
+(n, 28, 28) training images plus any ``--set`` overrides: the estimator's own stopping rule
+ends it, its paper's epoch count is the cap. One JSON file per run under
+``benchmarks/results/fashion_<tag>.json``, rewritten after every fit (and the history after
+every epoch is in the fit's log when ``--verbose`` is set).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_fashion.py --estimators DeepClusterer --seeds 0 \
+        --tag dc_seed0_t1
+    python benchmarks/bench_fashion.py --estimators ADCClusterer --seeds 0 --train-n 10000 \
+        --tag adc_10k   # a random training subset (seeded), the same test images
+"""
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+from _common import fashion_mnist, kmeans_run, overrides, save, scores
+
+import skdeepcluster
+
+IMAGE_ESTIMATORS = ("DeepClusterer", "SCANClusterer", "MMDCClusterer", "ADCClusterer")
+
+
+def stage_epochs(history):
+    """Epochs trained per stage, in the order the stages ran."""
+    stages = dict.fromkeys(entry["stage"] for entry in history)
+    return {stage: sum(1 for e in history if e["stage"] == stage) for stage in stages}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--estimators", nargs="+", default=list(IMAGE_ESTIMATORS),
+                        choices=IMAGE_ESTIMATORS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--train-n", type=int, default=60_000,
+                        help="training images (a seeded random subset below 60 000)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="parameters to set besides the defaults, e.g. max_epochs=5")
+    parser.add_argument("--no-kmeans", action="store_true", help="skip the KMeans baseline")
+    parser.add_argument("--verbose", type=int, default=1)
+    parser.add_argument("--tag", required=True)
+    args = parser.parse_args()
+
+    X_train, y_train = fashion_mnist("train")
+    if args.train_n < len(X_train):
+        keep = np.sort(np.random.RandomState(0).choice(len(X_train), args.train_n, replace=False))
+        X_train, y_train = X_train[keep], y_train[keep]
+    X_test, y_test = fashion_mnist("test")
+    params = overrides(args.set)
+    result = {"train_n": len(X_train), "test_n": len(X_test), "set": params,
+              "threads": torch.get_num_threads(), "machine": platform.processor(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": []}
+    for seed in args.seeds:
+        if not args.no_kmeans:
+            pixels = X_train.reshape(len(X_train), -1) / np.float32(255)
+            row = kmeans_run(pixels, X_test.reshape(len(X_test), -1) / np.float32(255), y_test,
+                             10, seed)
+            result["rows"].append({"estimator": "KMeans (pixels)", "seed": seed, **row})
+            print(result["rows"][-1], flush=True)
+        for name in args.estimators:
+            model = getattr(skdeepcluster, name)(n_clusters=10, random_state=seed,
+                                                 verbose=args.verbose, **params)
+            wall, cpu = time.perf_counter(), time.process_time()
+            model.fit(X_train)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            row = {"estimator": name, "seed": seed, **scores(y_test, model.predict(X_test)),
+                   "train": scores(y_train, model.labels_), "wall": wall, "cpu": cpu,
+                   "n_iter": model.n_iter_, "epochs": stage_epochs(model.history_),
+                   "precision": model.precision_, "history": model.history_}
+            result["rows"].append(row)
+            print({k: v for k, v in row.items() if k != "history"}, flush=True)
+            save(f"fashion_{args.tag}", result)
+    save(f"fashion_{args.tag}", result)
+
+
+if __name__ == "__main__":
+    main()
