@@ -57,6 +57,12 @@ def scores(y_true, y_pred):
     }
 
 
+def stage_epochs(history):
+    """Epochs trained per stage of a fit's ``history_``, in the order the stages ran."""
+    stages = dict.fromkeys(entry["stage"] for entry in history)
+    return {stage: sum(1 for e in history if e["stage"] == stage) for stage in stages}
+
+
 def kmeans_run(X_train, X_test, y_test, n_clusters, seed):
     start = time.perf_counter()
     model = KMeans(n_clusters, n_init=10, random_state=seed).fit(X_train)

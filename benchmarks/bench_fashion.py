@@ -19,17 +19,11 @@ import time
 
 import numpy as np
 import torch
-from _common import fashion_mnist, kmeans_run, overrides, save, scores
+from _common import fashion_mnist, kmeans_run, overrides, save, scores, stage_epochs
 
 import skdeepcluster
 
 IMAGE_ESTIMATORS = ("DeepClusterer", "SCANClusterer", "MMDCClusterer", "ADCClusterer")
-
-
-def stage_epochs(history):
-    """Epochs trained per stage, in the order the stages ran."""
-    stages = dict.fromkeys(entry["stage"] for entry in history)
-    return {stage: sum(1 for e in history if e["stage"] == stage) for stage in stages}
 
 
 def main():
@@ -47,7 +41,7 @@ def main():
     args = parser.parse_args()
 
     X_train, y_train = fashion_mnist("train")
-    if args.train_n < len(X_train):
+    if args.train_n < len(X_train):  # fashion_mnist_subset's draw, kept in the files' order
         keep = np.sort(np.random.RandomState(0).choice(len(X_train), args.train_n, replace=False))
         X_train, y_train = X_train[keep], y_train[keep]
     X_test, y_test = fashion_mnist("test")

@@ -25,7 +25,15 @@ import time
 
 import numpy as np
 import torch
-from _common import RESULTS_DIR, digits_features, digits_images, kmeans_run, overrides, scores
+from _common import (
+    RESULTS_DIR,
+    digits_features,
+    digits_images,
+    kmeans_run,
+    overrides,
+    scores,
+    stage_epochs,
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -380,8 +388,7 @@ def fit_once(name, params, seed):
            "score": float(model.score(X)),  # the method's own label-free criterion
            "n_iter": model.n_iter_, "precision": model.precision_,
            "threads": torch.get_num_threads(),
-           "epochs": {stage: sum(1 for e in model.history_ if e["stage"] == stage)
-                      for stage in dict.fromkeys(e["stage"] for e in model.history_)}}
+           "epochs": stage_epochs(model.history_)}
     if getattr(model, "kmeans_labels_", None) is not None:  # ADC: the k-means initialisation
         row["kmeans_init_acc"] = scores(y, model.kmeans_labels_)["acc"]
     print(json.dumps(row), flush=True)
