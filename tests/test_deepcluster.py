@@ -291,6 +291,13 @@ def test_auto_parameters_follow_the_data_and_give_the_papers_values_at_its_scale
     model = DeepClusterer(n_clusters=3, max_epochs=1, batch_size=20, augmentation="none",
                           n_pseudo_labels=5, random_state=0).fit(images)
     assert (model.n_components_, model.batch_size_, model.augmentation_) == (5, 20, "none")
+    # the crops from 28 px on (Fashion-MNIST's size), the affine warp below
+    model = DeepClusterer(n_clusters=3)
+    for side, expected in ((27, "affine"), (28, "crop")):
+        grey = np.zeros((40, side, side), dtype=np.uint8)
+        model._validate_input(grey, reset=True)
+        model._resolve_auto(grey)
+        assert model.augmentation_ == expected, side
 
     # the paper's scale: 256 components for many pseudo-labels (and for PIC), batch 256 from
     # 8 192 samples on
