@@ -154,6 +154,7 @@ BACKBONE_NAMES = ("auto", "mlp", *IMAGE_BACKBONES)
 
 #: Images with a side under this many pixels are "small" (digits, letters): they get a small
 #: convnet and the small-image augmentations; from it on, the papers' natural-image settings.
+#: DeepCluster's augmentation has its own, measured threshold (``CROP_MIN_SIDE``, 28 px).
 SMALL_IMAGE_SIDE = 32
 
 
