@@ -37,10 +37,13 @@ def digits_images():
     return (digits.images * 255 / 16).astype(np.uint8), digits.target
 
 
-def fashion_mnist_subset(n, seed=0):
-    """``n`` images drawn without replacement from the 60 000 Fashion-MNIST training images."""
+def fashion_mnist_subset(n, seed=0, in_file_order=False):
+    """``n`` images drawn without replacement from the 60 000 Fashion-MNIST training images,
+    in the order drawn or, with ``in_file_order``, the same images in the files' order."""
     images, labels = fashion_mnist("train")
     keep = np.random.RandomState(seed).choice(len(labels), n, replace=False)
+    if in_file_order:
+        keep = np.sort(keep)
     return images[keep], labels[keep]
 
 

@@ -19,7 +19,15 @@ import time
 
 import numpy as np
 import torch
-from _common import fashion_mnist, kmeans_run, overrides, save, scores, stage_epochs
+from _common import (
+    fashion_mnist,
+    fashion_mnist_subset,
+    kmeans_run,
+    overrides,
+    save,
+    scores,
+    stage_epochs,
+)
 
 import skdeepcluster
 
@@ -40,10 +48,10 @@ def main():
     parser.add_argument("--tag", required=True)
     args = parser.parse_args()
 
-    X_train, y_train = fashion_mnist("train")
-    if args.train_n < len(X_train):  # fashion_mnist_subset's draw, kept in the files' order
-        keep = np.sort(np.random.RandomState(0).choice(len(X_train), args.train_n, replace=False))
-        X_train, y_train = X_train[keep], y_train[keep]
+    if args.train_n < 60_000:
+        X_train, y_train = fashion_mnist_subset(args.train_n, in_file_order=True)
+    else:
+        X_train, y_train = fashion_mnist("train")
     X_test, y_test = fashion_mnist("test")
     params = overrides(args.set)
     result = {"train_n": len(X_train), "test_n": len(X_test), "set": params,
