@@ -93,15 +93,15 @@ def main():
     unknown = set(parts) - {"demo", "snippet", "cli"}
     if unknown:
         raise SystemExit(f"unknown parts {sorted(unknown)}; choose from demo, snippet, cli")
-    work = tempfile.mkdtemp()
     rows = []
-    if "demo" in parts:
-        rows.append(timed("demo", [sys.executable, "-m", "skdeepcluster", "demo",
-                                   "--output", os.path.join(work, "demo")]))
-    if "snippet" in parts:
-        rows.append(timed("snippet", [sys.executable, "-c", SNIPPET]))
-    if "cli" in parts:
-        rows.append(cli(work))
+    with tempfile.TemporaryDirectory() as work:
+        if "demo" in parts:
+            rows.append(timed("demo", [sys.executable, "-m", "skdeepcluster", "demo",
+                                       "--output", os.path.join(work, "demo")]))
+        if "snippet" in parts:
+            rows.append(timed("snippet", [sys.executable, "-c", SNIPPET]))
+        if "cli" in parts:
+            rows.append(cli(work))
     RESULTS_DIR.mkdir(exist_ok=True)
     path = RESULTS_DIR / "readme_times.json"
     path.write_text(json.dumps(rows, indent=2))

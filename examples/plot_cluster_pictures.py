@@ -13,6 +13,7 @@ and show two of its contact sheets. From a shell the same run is::
 # %%
 import csv
 import os
+import shutil
 import tempfile
 
 import matplotlib.pyplot as plt
@@ -51,3 +52,7 @@ for ax, cluster in zip(axes, (0, 1), strict=True):
     ax.set_title(f"cluster {cluster}")
     ax.axis("off")
 plt.show()
+
+# %%
+# The pictures and the results were written to a temporary folder: remove it.
+shutil.rmtree(folder)

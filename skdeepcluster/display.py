@@ -106,11 +106,13 @@ def contact_sheet(paths, *, columns=8, cell_size=96, padding=4, background="whit
     >>> import os, tempfile
     >>> from PIL import Image
     >>> from skdeepcluster.display import contact_sheet
-    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.png")
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "tiny.png")
     >>> Image.new("RGB", (25, 25), "red").save(path)
     >>> sheet = contact_sheet([path], columns=1, cell_size=96, padding=0)
     >>> sheet.size, sheet.getpixel((1, 1)), sheet.getpixel((94, 94))
     ((96, 96), (255, 0, 0), (255, 0, 0))
+    >>> folder.cleanup()
     """
     from PIL import Image
 
