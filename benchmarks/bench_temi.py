@@ -54,11 +54,13 @@ def load(dataset):
     return flat(X_train), y_train, flat(X_test), y_test
 
 
-def temi_run(params, X_train, X_test, y_test, seed):
-    start = time.perf_counter()
-    model = TEMIClusterer(n_clusters=10, random_state=seed, **params).fit(X_train)
-    seconds = time.perf_counter() - start
-    return {**scores(y_test, model.predict(X_test)), "seconds": seconds}
+def temi_run(params, X_train, X_test, y_test, seed, verbose=0):
+    start, cpu = time.perf_counter(), time.process_time()
+    model = TEMIClusterer(n_clusters=10, random_state=seed, verbose=verbose, **params)
+    model.fit(X_train)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {**scores(y_test, model.predict(X_test)), "seconds": seconds, "cpu_seconds": cpu,
+            "epochs": model.n_iter_}
 
 
 def accuracy(args):
@@ -72,14 +74,17 @@ def accuracy(args):
         params["batch_size"] = args.batch_size
     if args.default:
         params = {}
-    rows = [("KMeans (sklearn, n_init=10)",
-             summarize([kmeans_run(X_train, X_test, y_test, 10, s) for s in args.seeds]))]
+    rows = []
+    if not args.no_kmeans:
+        rows.append(("KMeans (sklearn, n_init=10)",
+                     summarize([kmeans_run(X_train, X_test, y_test, 10, s) for s in args.seeds])))
     name = "TEMI defaults" if args.default else f"TEMI {params}"
-    rows.append((name, summarize([temi_run(params, X_train, X_test, y_test, s)
-                                  for s in args.seeds])))
+    runs = [temi_run(params, X_train, X_test, y_test, s, args.verbose) for s in args.seeds]
+    rows.append((name, summarize(runs)))
     print_table(rows, f"{args.dataset}: seeds {args.seeds}")
-    save(f"temi_accuracy_{args.dataset}{'_default' if args.default else ''}",
-         {"params": params, "seeds": args.seeds, "rows": rows})
+    save(f"temi_accuracy_{args.dataset}{'_default' if args.default else ''}{args.tag}",
+         {"params": params, "seeds": args.seeds, "rows": rows, "per_seed": runs,
+          "threads": torch.get_num_threads()})
 
 
 def ablation(args):
@@ -350,6 +355,9 @@ def main():
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--default", action="store_true", help="TEMIClusterer() defaults")
+    p.add_argument("--no-kmeans", action="store_true", help="skip the KMeans baseline")
+    p.add_argument("--verbose", type=int, default=0, help="the estimator's verbose")
+    p.add_argument("--tag", default="", help="suffix of the result file's name")
     p = sub.add_parser("ablation")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-heads", type=int, default=50)
