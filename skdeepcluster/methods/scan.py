@@ -370,25 +370,24 @@ class SCANClusterer(BaseDeepClusterer):
       data (the authors select on their validation split, also without labels).
 
     Deviation from the paper, on purpose — the small-data rule ``lr="auto"``; on runs of at
-    least the authors' CIFAR-10 step counts it is the paper's 1e-4. The authors' 50 SCAN
-    epochs are 19 500 Adam steps on CIFAR-10 but 700 on the 1 797 digits (the paper's 100:
-    1 400), and at 1e-4 that is too little training (measured with 50 SCAN epochs, the
-    default then, like the rest of this paragraph): with ``lr=1e-4`` (this library's earlier default) the SCAN step on the
-    default pretext models of seeds 0 / 2 reached 0.835 / 0.757 ACC, below k-means on the same
-    pretext features (0.845 / 0.928), and seed 0 used only 8 of the 10 clusters. On seed 2's
-    model, four times the epochs at 1e-4 gave 0.927 (the step count is the cause) and the
-    rule's 1e-3 0.934 in a quarter of the time; seed 0 at 1e-3: 0.918. The rule is not
-    applied to self-labelling by default (``self_labeling_lr=1e-4``, the paper's rate): at the
-    rule's 1e-3 (its 200 steps on the digits against 10 000 on CIFAR-10) self-labelling was the
-    cause of SCAN's seed spread. Six fits of the defaults' clustering steps on the defaults'
-    pretext models of seeds 0-2 (two fits each): the SCAN step reached 0.916 ± 0.024 ACC;
-    self-labelling at 1e-3 then gave 0.856 ± 0.083, two of the six fits falling to 0.735 and
-    0.764 with one and two clusters emptied (from 0.923 / 0.876 after the SCAN step); at 1e-4
-    0.903 ± 0.027, every cluster kept; end to end, seeds 0-2, 0.911 ± 0.012 (0.915 / 0.895 /
-    0.923; float32 on an AVX2 CPU).
-    Self-labelling does not raise the accuracy of the SCAN step on the 8×8 digits at either
-    rate (the paper's gain is on CIFAR-10). Before, the defaults end to end on the digits,
-    seeds 0-2, gave ACC 0.880 ± 0.040 (0.855 / 0.848 / 0.936; float32 on an AVX2 CPU; in
+    least the authors' CIFAR-10 step counts it is the paper's 1e-4. The authors' 50 SCAN epochs
+    are 19 500 Adam steps on CIFAR-10 but 700 on the 1 797 digits (the paper's 100: 1 400), and
+    at 1e-4 that is too little training (measured with 50 SCAN epochs, the default then, like
+    the rest of this paragraph): with ``lr=1e-4`` (this library's earlier default) the SCAN step
+    on the default pretext models of seeds 0 / 2 reached 0.835 / 0.757 ACC, below k-means on the
+    same pretext features (0.845 / 0.928), and seed 0 used only 8 of the 10 clusters. On seed
+    2's model, four times the epochs at 1e-4 gave 0.927 (the step count is the cause) and the
+    rule's 1e-3 0.934 in a quarter of the time; seed 0 at 1e-3: 0.918. The rule is not applied
+    to self-labelling by default (``self_labeling_lr=1e-4``, the paper's rate): at the rule's
+    1e-3 (its 200 steps on the digits against 10 000 on CIFAR-10) self-labelling was the cause
+    of SCAN's seed spread. Six fits of the defaults' clustering steps on the defaults' pretext
+    models of seeds 0-2 (two fits each): the SCAN step reached 0.916 ± 0.024 ACC; self-labelling
+    at 1e-3 then gave 0.856 ± 0.083, two of the six fits falling to 0.735 and 0.764 with one and
+    two clusters emptied (from 0.923 / 0.876 after the SCAN step); at 1e-4 0.903 ± 0.027, every
+    cluster kept; end to end, seeds 0-2, 0.911 ± 0.012 (0.915 / 0.895 / 0.923; float32 on an
+    AVX2 CPU). Self-labelling does not raise the accuracy of the SCAN step on the 8×8 digits at
+    either rate (the paper's gain is on CIFAR-10). Before, the defaults end to end on the
+    digits, seeds 0-2, gave ACC 0.880 ± 0.040 (0.855 / 0.848 / 0.936; float32 on an AVX2 CPU; in
     bfloat16 on a CPU with AVX512-BF16: 0.842 ± 0.093, 0.827 / 0.737 / 0.962),
     ``doc/benchmarks.rst``. The tests and the ``"digits"`` configuration of
     ``benchmarks/bench_scan.py`` keep a short documented configuration (MLP backbone, 40 SimCLR
