@@ -210,9 +210,8 @@ class SCANClusterer(BaseDeepClusterer):
         λ of Eq. 2 (paper: 5.0 for every data set).
     max_epochs : int, default=100
         Epochs of the SCAN step (paper, Sec. 3.1: 100; authors' CIFAR-10 configuration: 50,
-        ``max_epochs=50``, this library's earlier default). On the 8×8 digits the paper's
-        100 gave ACC 0.923 ± 0.026 against 0.870 ± 0.046 with 50 (the defaults otherwise,
-        seeds 0-5, one thread), higher on every seed (see Notes).
+        ``max_epochs=50``, this library's earlier default). The paper's 100 scored higher on
+        the 8×8 digits (see Notes, "The SCAN step's length").
     batch_size : int, default=128
         Anchors per step of the SCAN step (paper: 128), capped at n_samples. The entropy term
         uses the batch mean, so the batch must be much larger than K.
