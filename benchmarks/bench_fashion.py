@@ -73,7 +73,10 @@ def main():
             row = {"estimator": name, "seed": seed, **scores(y_test, model.predict(X_test)),
                    "train": scores(y_train, model.labels_), "wall": wall, "cpu": cpu,
                    "n_iter": model.n_iter_, "epochs": stage_epochs(model.history_),
-                   "precision": model.precision_, "history": model.history_}
+                   "precision": model.precision_, "history": model.history_,
+                   "score": float(model.score(X_train))}  # the method's label-free criterion
+            if getattr(model, "init_losses_", None) is not None:  # SCAN's n_init fits
+                row["init_losses"] = model.init_losses_.tolist()
             result["rows"].append(row)
             print({k: v for k, v in row.items() if k != "history"}, flush=True)
             save(f"fashion_{args.tag}", result)

@@ -10,6 +10,7 @@ Parts (each prints a table and writes ``benchmarks/results/speed_<part>.json``):
     python benchmarks/bench_speed.py epochs --precisions float32 bfloat16  # epoch times
     python benchmarks/bench_speed.py defaults --seeds 0 1 2   # every estimator's defaults
     python benchmarks/bench_speed.py precision --seeds 0 1 2  # bfloat16 vs float32
+    python benchmarks/bench_speed.py best-of FILES --n 3  # best of n fits by their score
 
 Comparisons are interleaved (A, B, A, B, ...) and report medians of wall and CPU seconds
 (``time.process_time``) and their ratio, because the machines this runs on are shared and noisy.
@@ -389,6 +390,8 @@ def fit_once(name, params, seed):
            "n_iter": model.n_iter_, "precision": model.precision_,
            "threads": torch.get_num_threads(),
            "epochs": stage_epochs(model.history_)}
+    if getattr(model, "init_losses_", None) is not None:  # SCAN: the n_init fits' criterion
+        row["init_losses"] = model.init_losses_.tolist()
     if getattr(model, "kmeans_labels_", None) is not None:  # ADC: the k-means initialisation
         row["kmeans_init_acc"] = scores(y, model.kmeans_labels_)["acc"]
     print(json.dumps(row), flush=True)
@@ -514,6 +517,42 @@ def precision(args):
     summarize_rows(rows)
 
 
+def best_of(args):
+    """What an ``n_init``-style choice by the method's own ``score`` would keep: from single
+    fits already run (``defaults`` JSON files of one estimator, one row per seed), the ACC of
+    the highest-score fit of every ``--n``-subset, against a fit drawn at random."""
+    import itertools
+
+    rows = []
+    for path in args.files:
+        with open(path) as handle:
+            payload = json.load(handle)
+        payload = payload["rows"] if isinstance(payload, dict) else payload  # bench_fashion
+        rows += [r for r in payload if r["estimator"] == args.estimator and "score" in r]
+    seen, unique = set(), []
+    for row in rows:  # the same seed may appear in two files (a rerun): keep it once
+        key = (row["seed"], row.get("threads"), tuple(row.get("init_losses", ())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    acc = np.array([r["acc"] for r in unique])
+    score = np.array([r["score"] for r in unique])
+    spearman = float(np.corrcoef(np.argsort(np.argsort(acc)), np.argsort(np.argsort(score)))[0, 1])
+    kept = np.array([acc[max(subset, key=lambda i: score[i])]
+                     for subset in itertools.combinations(range(acc.size), args.n)])
+    print(f"{args.estimator}: {acc.size} fits, ACC {acc.mean():.3f} ± {acc.std():.3f}, "
+          f"Spearman(ACC, score) {spearman:.2f}")
+    print(f"best of {args.n} by score over all {kept.size} subsets: ACC {kept.mean():.3f} ± "
+          f"{kept.std():.3f}, lowest {kept.min():.3f}")
+    for row in sorted(unique, key=lambda r: r["score"]):
+        print(f"  seed {row['seed']:3d}  threads {row.get('threads')}  score {row['score']:.4f}  "
+              f"ACC {row['acc']:.3f}")
+    save(f"best_of{args.n}_{args.tag}",
+         {"files": args.files, "n": args.n, "fits": unique, "spearman": spearman,
+          "kept_acc_mean": float(kept.mean()), "kept_acc_std": float(kept.std()),
+          "kept_acc_min": float(kept.min()), "n_subsets": int(kept.size)})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -553,9 +592,15 @@ def main():
                        help="parameters to set besides the defaults, e.g. n_init=10 tol=None")
         if part == "precision":
             p.add_argument("--force", action="store_true")
+    p = sub.add_parser("best-of")
+    p.add_argument("files", nargs="+", help="defaults_*.json files of single fits")
+    p.add_argument("--estimator", default="SCANClusterer")
+    p.add_argument("--n", type=int, default=3)
+    p.add_argument("--tag", default="digits")
     args = parser.parse_args()
     {"machine": machine, "heads": heads, "backbones": backbones, "epochs": epochs,
-     "defaults": defaults, "precision": precision, "embedder": embedder}[args.part](args)
+     "defaults": defaults, "precision": precision, "embedder": embedder,
+     "best-of": best_of}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,32 @@ def test_best_head_has_lowest_selection_loss(digits):
     assert model.module_["heads"].n_heads == 1  # only the kept head remains
 
 
+def test_n_init_keeps_the_lowest_loss_fit(digits):
+    images = digits[0][:200]
+    backbone = _tiny_cnn()  # every fit starts from a copy of the same module
+    model = _small(n_clusters=10, backbone=backbone, n_init=3, random_state=4).fit(images)
+    assert model.init_losses_.shape == (3,) and len(set(model.init_losses_)) == 3
+    assert model.best_init_ == int(np.argmin(model.init_losses_))
+    # the criterion is minus ``score`` of the training data
+    assert model.score(images) == pytest.approx(-model.init_losses_.min(), rel=1e-4)
+    # the kept fit is the single fit from the seed drawn for it
+    seeds = np.random.RandomState(4).randint(np.iinfo(np.int32).max, size=3)
+    single = _small(n_clusters=10, backbone=backbone, random_state=int(seeds[model.best_init_]))
+    single.fit(images)
+    np.testing.assert_array_equal(single.labels_, model.labels_)
+    assert single.init_losses_ == pytest.approx(model.init_losses_[[model.best_init_]])
+    assert single.best_init_ == 0
+    assert [e["stage"] for e in model.history_] == ["pretext", "scan", "selflabel"]
+    # the kept fit's warnings reach the caller; an error leaves the estimator unfitted
+    with pytest.warns(ConvergenceWarning, match="skipped"):
+        _small(n_clusters=10, n_init=2, confidence_threshold=0.999999).fit(digits[1][:100])
+    with pytest.raises(ValueError, match="n_clusters=10 is larger"):
+        model.set_params(random_state=0).fit(images[:5])
+    assert not hasattr(model, "labels_") and not hasattr(model, "init_losses_")
+    with pytest.raises(ValueError, match="n_init"):
+        _small(n_init=0).fit(images)
+
+
 @pytest.mark.parametrize(
     "params",
     [
