@@ -527,11 +527,12 @@ def best_of(args):
     for path in args.files:
         with open(path) as handle:
             payload = json.load(handle)
-        payload = payload["rows"] if isinstance(payload, dict) else payload  # bench_fashion
+        if isinstance(payload, dict):  # bench_fashion: the thread count is the file's
+            payload = [{"threads": payload["threads"], **r} for r in payload["rows"]]
         rows += [r for r in payload if r["estimator"] == args.estimator and "score" in r]
     seen, unique = set(), []
     for row in rows:  # the same seed may appear in two files (a rerun): keep it once
-        key = (row["seed"], row.get("threads"), tuple(row.get("init_losses", ())))
+        key = (row["seed"], row["threads"], tuple(row.get("init_losses", ())))
         if key not in seen:
             seen.add(key)
             unique.append(row)
@@ -545,7 +546,7 @@ def best_of(args):
     print(f"best of {args.n} by score over all {kept.size} subsets: ACC {kept.mean():.3f} ± "
           f"{kept.std():.3f}, lowest {kept.min():.3f}")
     for row in sorted(unique, key=lambda r: r["score"]):
-        print(f"  seed {row['seed']:3d}  threads {row.get('threads')}  score {row['score']:.4f}  "
+        print(f"  seed {row['seed']:3d}  threads {row['threads']}  score {row['score']:.4f}  "
               f"ACC {row['acc']:.3f}")
     save(f"best_of{args.n}_{args.tag}",
          {"files": args.files, "n": args.n, "fits": unique, "spearman": spearman,

@@ -424,7 +424,8 @@ class SCANClusterer(BaseDeepClusterer):
     ACC and ``score`` 0.80; the highest-score fit of every three of the nine has ACC 0.940 ±
     0.008 (84 triples, none below 0.915). ``n_init=3`` itself, seeds 0-2: 0.930 / 0.942 /
     0.938, **0.937 ± 0.005**, against 0.892 ± 0.069 for the single fits of the same seeds,
-    in three times the time (238 s wall a fit on two cores, against 80-89 s). The default
+    in three times the time (238 s wall a fit on two cores, against 80-89 s); on one thread
+    0.938 ± 0.004 against 0.931 ± 0.014. The default
     stays the paper's single fit, within the two minutes this library targets for the
     defaults on the digits; ``n_init=3`` is the setting for a steadier result
     (``doc/benchmarks.rst``).
