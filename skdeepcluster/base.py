@@ -29,6 +29,7 @@ from sklearn.base import (
     ClusterMixin,
     TransformerMixin,
     _fit_context,
+    clone,
 )
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import TransformerTags, assert_all_finite, check_random_state
@@ -82,6 +83,10 @@ class BaseDeepClusterer(
     #: Share of the samples above which the largest cluster of a fitted clustering (with at
     #: least 2 clusters) is called a collapse (see :meth:`_warn_if_degenerate`).
     _max_cluster_share = 0.9
+
+    #: The parameter (e.g. ``"n_init"``) that asks for several complete fits, the one with the
+    #: lowest :meth:`_fit_loss` kept (:meth:`_fit_several`); None: one fit.
+    _n_fits_parameter = None
 
     #: What the collapse warning advises.
     _collapse_advice = "Try more epochs, a larger batch or fewer clusters."
@@ -153,7 +158,9 @@ class BaseDeepClusterer(
         """Fit the clusterer on X. Labels ``y`` are ignored (accepted for Pipeline/CV use).
 
         A fit completes or leaves the estimator unfitted: when it raises (Ctrl-C included),
-        every fitted attribute is removed, those of an earlier fit too.
+        every fitted attribute is removed, those of an earlier fit too. An estimator with an
+        ``n_init`` parameter runs that many complete fits and keeps the one with the lowest
+        label-free loss (see its class).
 
         Parameters
         ----------
@@ -166,6 +173,8 @@ class BaseDeepClusterer(
         self : object
             The fitted estimator.
         """
+        if self._n_fits_parameter and getattr(self, self._n_fits_parameter) > 1:
+            return self._fit_several(X)
         attributes_before = set(vars(self))
         try:
             X, trainer, seed = self._begin_fit(X)
@@ -195,6 +204,45 @@ class BaseDeepClusterer(
             # Ctrl-C (KeyboardInterrupt) or any error: no half-fitted estimator is left behind.
             self._discard_fit_state(attributes_before)
             raise
+        return self
+
+    def _fit_loss(self):
+        """The label-free loss by which :meth:`_fit_several` keeps one fit (lower is better);
+        needed by estimators that name a ``_n_fits_parameter``."""
+        raise NotImplementedError
+
+    def _fit_several(self, X):
+        """As many complete fits as the ``_n_fits_parameter`` says, each from its own seed drawn
+        from ``random_state``; the one with the lowest ``_fit_loss()`` is kept, like
+        ``KMeans(n_init=...)``. Sets ``init_losses_`` (every fit's loss, in order) and
+        ``best_init_``; only the kept fit's warnings reach the caller."""
+        attributes_before = set(vars(self))
+        try:
+            seeds = check_random_state(self.random_state).randint(
+                np.iinfo(np.int32).max, size=getattr(self, self._n_fits_parameter)
+            )
+            kept, kept_warnings, losses = None, [], []
+            for index, seed in enumerate(seeds):
+                single = {self._n_fits_parameter: 1, "random_state": int(seed)}
+                run = clone(self).set_params(**single)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    run.fit(X)
+                losses.append(run._fit_loss())
+                if self.verbose:
+                    print(f"[{type(self).__name__}] fit {index + 1}/{seeds.size}: "
+                          f"loss {losses[-1]:.4f}", flush=True)
+                if kept is None or losses[-1] < min(losses[:-1]):
+                    kept, kept_warnings = run, caught
+            parameters = set(self.get_params(deep=False))
+            vars(self).update({k: v for k, v in vars(kept).items() if k not in parameters})
+            self.init_losses_ = np.array(losses)
+            self.best_init_ = int(np.argmin(losses))
+        except BaseException:
+            self._discard_fit_state(attributes_before)
+            raise
+        for caught in kept_warnings:
+            warnings.warn(caught.message, caught.category, stacklevel=3)
         return self
 
     def _discard_fit_state(self, attributes_before):

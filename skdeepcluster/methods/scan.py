@@ -7,9 +7,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import _fit_context, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
@@ -664,53 +662,12 @@ class SCANClusterer(BaseDeepClusterer):
             self._cutout_value = (total / (X.shape[0] * X.shape[2] * X.shape[3])).tolist()
 
     # ------------------------------------------------------------------ fitting
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Fit the clusterer on X, ``n_init`` times when asked, keeping the lowest-loss fit.
+    _n_fits_parameter = "n_init"
 
-        Labels ``y`` are ignored (accepted for Pipeline/CV use). A fit completes or leaves
-        the estimator unfitted.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features) or image array
-            Features, or images of shape (n, H, W), (n, H, W, C) or (n, C, H, W).
-        y : Ignored
-
-        Returns
-        -------
-        self : object
-            The fitted estimator.
-        """
-        if self.n_init == 1:
-            return super().fit(X)
-        attributes_before = set(vars(self))
-        try:
-            seeds = check_random_state(self.random_state).randint(
-                np.iinfo(np.int32).max, size=self.n_init
-            )
-            kept, kept_warnings, losses = None, [], []
-            for index, seed in enumerate(seeds):
-                run = clone(self).set_params(n_init=1, random_state=int(seed))
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    run.fit(X)
-                losses.append(float(run.init_losses_[0]))
-                if self.verbose:
-                    print(f"[{type(self).__name__}] fit {index + 1}/{self.n_init}: "
-                          f"SCAN loss (λ = 1) {losses[-1]:.4f}", flush=True)
-                if kept is None or losses[-1] < min(losses[:-1]):
-                    kept, kept_warnings = run, caught
-            parameters = set(self.get_params(deep=False))
-            vars(self).update({k: v for k, v in vars(kept).items() if k not in parameters})
-            self.init_losses_ = np.array(losses)
-            self.best_init_ = int(np.argmin(losses))
-        except BaseException:
-            self._discard_fit_state(attributes_before)
-            raise
-        for caught in kept_warnings:  # only the kept fit's warnings concern the result
-            warnings.warn(caught.message, caught.category, stacklevel=2)
-        return self
+    def _fit_loss(self):
+        """``n_init``'s criterion: the SCAN loss (λ = 1) of the final predictions on the
+        training neighbours, set at the end of :meth:`_stages`."""
+        return float(self.init_losses_[0])
 
     # ------------------------------------------------------------------ the stages
     def _stages(self, X, trainer, generator):
