@@ -549,7 +549,8 @@ def best_of(args):
         print(f"  seed {row['seed']:3d}  threads {row['threads']}  score {row['score']:.4f}  "
               f"ACC {row['acc']:.3f}")
     save(f"best_of{args.n}_{args.tag}",
-         {"files": args.files, "n": args.n, "fits": unique, "spearman": spearman,
+         {"files": args.files, "n": args.n, "spearman": spearman,
+         "fits": [{k: v for k, v in r.items() if k != "history"} for r in unique],
           "kept_acc_mean": float(kept.mean()), "kept_acc_std": float(kept.std()),
           "kept_acc_min": float(kept.min()), "n_subsets": int(kept.size)})
 
