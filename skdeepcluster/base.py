@@ -158,9 +158,10 @@ class BaseDeepClusterer(
         """Fit the clusterer on X. Labels ``y`` are ignored (accepted for Pipeline/CV use).
 
         A fit completes or leaves the estimator unfitted: when it raises (Ctrl-C included),
-        every fitted attribute is removed, those of an earlier fit too. An estimator with an
-        ``n_init`` parameter runs that many complete fits and keeps the one with the lowest
-        label-free loss (see its class).
+        every fitted attribute is removed, those of an earlier fit too. An estimator that
+        offers several complete fits (``SCANClusterer(n_init=...)``; DeepCluster's and ADC's
+        ``n_init`` are k-means restarts within one fit) keeps the one with the lowest
+        label-free loss.
 
         Parameters
         ----------
