@@ -523,6 +523,8 @@ def best_of(args):
     the highest-score fit of every ``--n``-subset, against a fit drawn at random."""
     import itertools
 
+    from scipy.stats import spearmanr
+
     rows = []
     for path in args.files:
         with open(path) as handle:
@@ -538,7 +540,7 @@ def best_of(args):
             unique.append(row)
     acc = np.array([r["acc"] for r in unique])
     score = np.array([r["score"] for r in unique])
-    spearman = float(np.corrcoef(np.argsort(np.argsort(acc)), np.argsort(np.argsort(score)))[0, 1])
+    spearman = float(spearmanr(acc, score).statistic)
     kept = np.array([acc[max(subset, key=lambda i: score[i])]
                      for subset in itertools.combinations(range(acc.size), args.n)])
     print(f"{args.estimator}: {acc.size} fits, ACC {acc.mean():.3f} ± {acc.std():.3f}, "
@@ -550,7 +552,7 @@ def best_of(args):
               f"ACC {row['acc']:.3f}")
     save(f"best_of{args.n}_{args.tag}",
          {"files": args.files, "n": args.n, "spearman": spearman,
-         "fits": [{k: v for k, v in r.items() if k != "history"} for r in unique],
+          "fits": [{k: v for k, v in r.items() if k != "history"} for r in unique],
           "kept_acc_mean": float(kept.mean()), "kept_acc_std": float(kept.std()),
           "kept_acc_min": float(kept.min()), "n_subsets": int(kept.size)})
 

@@ -84,8 +84,9 @@ class BaseDeepClusterer(
     #: least 2 clusters) is called a collapse (see :meth:`_warn_if_degenerate`).
     _max_cluster_share = 0.9
 
-    #: The parameter (e.g. ``"n_init"``) that asks for several complete fits, the one with the
-    #: lowest :meth:`_fit_loss` kept (:meth:`_fit_several`); None: one fit.
+    #: The parameter (e.g. ``"n_init"``) that asks for several complete fits (:meth:`_fit_several`);
+    #: None: one fit. An estimator that names one defines ``_fit_loss()``, the label-free loss
+    #: of a fitted copy by which the lowest is kept.
     _n_fits_parameter = None
 
     #: What the collapse warning advises.
@@ -206,11 +207,6 @@ class BaseDeepClusterer(
             self._discard_fit_state(attributes_before)
             raise
         return self
-
-    def _fit_loss(self):
-        """The label-free loss by which :meth:`_fit_several` keeps one fit (lower is better);
-        needed by estimators that name a ``_n_fits_parameter``."""
-        raise NotImplementedError
 
     def _fit_several(self, X):
         """As many complete fits as the ``_n_fits_parameter`` says, each from its own seed drawn
