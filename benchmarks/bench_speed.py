@@ -494,7 +494,7 @@ def epochs(args):
             print(f"{name:16s} {stage:18s} {first} {old:7.2f} s  {last} {new:7.2f} s  "
                   f"x{old / new:.2f}", flush=True)
     what = "_precision" if args.precisions else ""
-    save(f"epochs{what}_t{torch.get_num_threads()}",
+    save(f"epochs{what}_t{torch.get_num_threads()}{args.tag}",
          {"variants": {k: v[1] for k, v in variants.items()}, "baseline": args.baseline,
           "rows": rows})
 
@@ -587,6 +587,7 @@ def main():
                       help="this version in two precisions, e.g. float32 bfloat16")
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--tag", default="", help="file name suffix, e.g. _guest2")
     for part in ("defaults", "precision"):
         p = sub.add_parser(part)
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
