@@ -213,9 +213,10 @@ class SCANClusterer(BaseDeepClusterer):
         is kept, like scikit-learn's ``KMeans(n_init=...)``. The criterion is the paper's own
         rule for choosing among heads, applied to whole fits. The paper trains once (1); each
         extra fit costs a whole fit. Each fit mines its neighbours in its own pretext space,
-        so the criterion compares fits across spaces: measured to pick the better fits once
-        the pretext step has trained (its 500 epochs on the digits, 20 on Fashion-MNIST), not
-        after a pretext of one epoch (see Notes).
+        so the criterion compares fits across spaces: measured to pick the better fits on
+        the digits (their 500 pretext epochs), to rank four Fashion-MNIST fits right after 20
+        pretext epochs (where ``n_init=3`` itself then gained nothing), and to rank them wrong
+        after one (see Notes).
     entropy_weight : float, default=5.0
         λ of Eq. 2 (paper: 5.0 for every data set).
     max_epochs : int, default=100
