@@ -11,9 +11,16 @@ every epoch is in the fit's log when ``--verbose`` is set).
         --tag dc_seed0_t1
     python benchmarks/bench_fashion.py --estimators ADCClusterer --seeds 0 --train-n 10000 \
         --tag adc_10k   # a random training subset (seeded), the same test images
+
+A fit longer than one sitting: ``--checkpoint-dir DIR`` gives each fit the file
+``DIR/<tag>_<estimator>_seed<seed>.ckpt`` (the estimators' ``checkpoint`` parameter). Stop the
+run at any time; the same command, with the same ``OMP_NUM_THREADS``, resumes every fit where
+its file left it and ends it as one uninterrupted run would. ``wall`` and ``cpu`` are then this
+process's share; ``epochs_wall`` and ``epochs_cpu`` sum the epochs of every sitting.
 """
 
 import argparse
+import os
 import platform
 import time
 
@@ -46,6 +53,8 @@ def main():
     parser.add_argument("--no-kmeans", action="store_true", help="skip the KMeans baseline")
     parser.add_argument("--verbose", type=int, default=1)
     parser.add_argument("--tag", required=True)
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="save each fit's training state here and resume from it")
     args = parser.parse_args()
 
     if args.train_n < 60_000:
@@ -67,12 +76,20 @@ def main():
         for name in args.estimators:
             model = getattr(skdeepcluster, name)(n_clusters=10, random_state=seed,
                                                  verbose=args.verbose, **params)
+            resumed = False
+            if args.checkpoint_dir is not None:
+                path = os.path.join(args.checkpoint_dir, f"{args.tag}_{name}_seed{seed}.ckpt")
+                resumed = os.path.exists(path)
+                model.set_params(checkpoint=path)
             wall, cpu = time.perf_counter(), time.process_time()
             model.fit(X_train)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             row = {"estimator": name, "seed": seed, **scores(y_test, model.predict(X_test)),
                    "train": scores(y_train, model.labels_), "wall": wall, "cpu": cpu,
                    "n_iter": model.n_iter_, "epochs": stage_epochs(model.history_),
+                   "resumed": resumed,
+                   "epochs_wall": sum(entry["seconds"] for entry in model.history_),
+                   "epochs_cpu": sum(entry["cpu_seconds"] for entry in model.history_),
                    "precision": model.precision_, "history": model.history_,
                    "score": float(model.score(X_train))}  # the method's label-free criterion
             if getattr(model, "init_losses_", None) is not None:  # SCAN's n_init fits

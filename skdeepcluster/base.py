@@ -17,6 +17,7 @@ and pickles to CPU.
 """
 
 import copy
+import os
 import warnings
 from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
@@ -36,6 +37,7 @@ from sklearn.utils import TransformerTags, assert_all_finite, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .checkpoint import Checkpoint
 from .data import batch_to_tensor, check_images, is_image_array, iterate_batches
 from .engine import (
     PRECISIONS,
@@ -57,7 +59,7 @@ class BaseDeepClusterer(
 
     Parameters shared by every estimator: ``n_clusters``, ``backbone``, ``max_epochs``,
     ``batch_size``, ``lr``, ``weight_decay``, ``tol``, ``n_iter_no_change``, ``precision``,
-    ``device``, ``random_state``, ``verbose``.
+    ``device``, ``random_state``, ``checkpoint``, ``verbose``.
 
     A clusterer and a transformer, like :class:`~sklearn.cluster.KMeans`: ``transform`` gives
     the learned representation, named ``<classname>0``, ``<classname>1``, ... by
@@ -77,6 +79,7 @@ class BaseDeepClusterer(
         "precision": [StrOptions(set(PRECISIONS))],
         "device": [StrOptions({"auto", "cpu", "cuda"}), str, torch.device],
         "random_state": ["random_state"],
+        "checkpoint": [str, os.PathLike, None],
         "verbose": ["verbose"],
     }
 
@@ -88,6 +91,10 @@ class BaseDeepClusterer(
     #: None: one fit. An estimator that names one defines ``_fit_loss()``, the label-free loss
     #: of a fitted copy by which the lowest is kept.
     _n_fits_parameter = None
+
+    #: Whether a completed fit leaves its ``checkpoint`` file (set on the fits of
+    #: :meth:`_fit_several`, which removes their files when all are done).
+    _keep_checkpoint = False
 
     #: What the collapse warning advises.
     _collapse_advice = "Try more epochs, a larger batch or fewer clusters."
@@ -177,9 +184,14 @@ class BaseDeepClusterer(
         """
         if self._n_fits_parameter and getattr(self, self._n_fits_parameter) > 1:
             return self._fit_several(X)
+        # an earlier fit's attributes go first: a checkpoint saves those that this fit sets
+        self._discard_fit_state(set(vars(self)))
         attributes_before = set(vars(self))
         try:
             X, trainer, seed = self._begin_fit(X)
+            checkpoint = self._open_checkpoint(X, trainer, seed)
+            if checkpoint is not None:
+                seed = checkpoint.seed  # the interrupted fit's, with random_state=None
             device = trainer.device
             fork_devices = [device.index or 0] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=fork_devices):
@@ -188,6 +200,8 @@ class BaseDeepClusterer(
                 np.random.seed(seed)  # faiss' Python helpers draw from numpy's global state
                 try:
                     generator = torch.Generator().manual_seed(seed)
+                    if checkpoint is not None:
+                        checkpoint.generator = generator
                     for stage in self._stages(X, trainer, generator):
                         trainer.run(stage)
                 finally:
@@ -202,11 +216,35 @@ class BaseDeepClusterer(
             )
             del self._trainer
             self._warn_if_degenerate(self.labels_)
+            if checkpoint is not None and not self._keep_checkpoint:
+                checkpoint.remove()
         except BaseException:
             # Ctrl-C (KeyboardInterrupt) or any error: no half-fitted estimator is left behind.
             self._discard_fit_state(attributes_before)
             raise
         return self
+
+    def _open_checkpoint(self, X, trainer, seed):
+        """The fit's :class:`~skdeepcluster.checkpoint.Checkpoint` (None without the
+        ``checkpoint`` parameter), read when its file exists, and given to the trainer.
+
+        An int ``random_state`` is part of what the file must match; without one (None, a
+        ``RandomState``) the fit resumes with the seed the interrupted fit drew."""
+        if self.checkpoint is None:
+            return None
+        fixed = isinstance(self.random_state, Integral)
+        fingerprint = {
+            "fit": _fit_fingerprint(self, X),
+            "random_state": int(self.random_state) if fixed else None,
+            "precision": self.precision_,
+            "device": trainer.device.type,
+        }
+        checkpoint = Checkpoint(self.checkpoint, fingerprint, self, seed, trainer.device)
+        if checkpoint.load() and self.verbose:
+            print(f"[{type(self).__name__}] resuming from {checkpoint.path}: "
+                  f"{checkpoint.describe()}.", flush=True)
+        trainer.checkpoint = checkpoint
+        return checkpoint
 
     def _fit_several(self, X):
         """As many complete fits as the ``_n_fits_parameter`` says, each from its own seed drawn
@@ -219,11 +257,17 @@ class BaseDeepClusterer(
                 np.iinfo(np.int32).max, size=getattr(self, self._n_fits_parameter)
             )
             kept, kept_warnings, losses = None, [], []
+            paths = [None if self.checkpoint is None else f"{os.fspath(self.checkpoint)}.{i}"
+                     for i in range(seeds.size)]
             for index, seed in enumerate(seeds):
-                single = {self._n_fits_parameter: 1, "random_state": int(seed)}
+                single = {self._n_fits_parameter: 1, "random_state": int(seed),
+                          "checkpoint": paths[index]}
                 run = clone(self).set_params(**single)
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
+                    # each fit keeps its checkpoint until all are done: an interrupted
+                    # n_init fit resumes without training the finished fits again
+                    run._keep_checkpoint = True
                     run.fit(X)
                 losses.append(run._fit_loss())
                 if self.verbose:
@@ -235,6 +279,9 @@ class BaseDeepClusterer(
             vars(self).update({k: v for k, v in vars(kept).items() if k not in parameters})
             self.init_losses_ = np.array(losses)
             self.best_init_ = int(np.argmin(losses))
+            for path in paths:
+                if path is not None and os.path.exists(path):
+                    os.remove(path)
         except BaseException:
             self._discard_fit_state(attributes_before)
             raise
@@ -270,6 +317,10 @@ class BaseDeepClusterer(
                     "there must be at least one sample per cluster."
                 )
             self._check_fit_params(X)
+            if self.checkpoint is not None and distributed is not None:
+                raise ValueError(
+                    "checkpoint is not supported in a distributed fit; set checkpoint=None."
+                )
             dtype = resolve_precision(self.precision, device, warn=True)
         except Exception as error:
             if distributed is None:
@@ -486,7 +537,8 @@ class BaseDeepClusterer(
 def _fit_fingerprint(estimator, X):
     """What every rank of a distributed fit must share: the shape and type of X, a checksum of
     about 1 000 of its rows (read strided, cheap for a memory-mapped array) and the parameters
-    (``random_state``, ``verbose`` and the backbone's object identity left out)."""
+    (``random_state``, ``verbose``, ``checkpoint`` and the backbone's object identity left
+    out). A checkpoint is refused unless its fit had the same fingerprint."""
     step = max(1, X.shape[0] // 1000)
     sample = np.asarray(X[::step], dtype=np.float64).reshape(-1)
     # weighted by position, so that the same rows in another order differ too
@@ -494,7 +546,7 @@ def _fit_fingerprint(estimator, X):
     params = {
         name: repr(value)
         for name, value in estimator.get_params(deep=False).items()
-        if name not in ("random_state", "verbose")
+        if name not in ("random_state", "verbose", "checkpoint")
     }
     return (tuple(X.shape), X.dtype.str, round(checksum, 6), params)
 

@@ -549,6 +549,14 @@ class AssignmentTracker:
         self._counts.zero_()
         return changed / compared if compared else 1.0
 
+    def state_dict(self):
+        return {"last": self.last, "counts": self._counts}
+
+    @torch.no_grad()
+    def load_state_dict(self, state):
+        self.last.copy_(state["last"])
+        self._counts.copy_(state["counts"])
+
 
 # ---------------------------------------------------------------------- stages and trainer
 class Stage:
@@ -575,12 +583,18 @@ class Stage:
         ``max_epochs``.
     stop_mode : {"below", "plateau"}
         How the stopping rule reads the monitor (:class:`StoppingRule`).
+    state : dict
+        What else the epochs change and a checkpoint must save (:mod:`skdeepcluster.checkpoint`):
+        name → a module not in the estimator's ``module_``, a tensor, or an object with
+        ``state_dict()`` / ``load_state_dict()``.
+    rule : StoppingRule
     epoch, n_steps, n_epochs : int
         Current epoch, optimiser steps taken, epochs run.
     """
 
     def __init__(self, trainer, name, run_epoch, max_epochs, *, optimizer=None, scheduler=None,
-                 scheduler_interval="step", ema=None, monitor=None, stop_mode="below"):
+                 scheduler_interval="step", ema=None, monitor=None, stop_mode="below",
+                 state=None):
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got "
                              f"{scheduler_interval!r}.")
@@ -599,6 +613,9 @@ class Stage:
         self.ema = ema
         self.monitor = monitor
         self.stop_mode = stop_mode
+        self.state = {} if state is None else dict(state)
+        tol = trainer.tol if monitor is not None else None
+        self.rule = StoppingRule(tol, trainer.n_iter_no_change, stop_mode)
         self.epoch = 0
         self.n_steps = 0
         self.n_epochs = 0
@@ -679,6 +696,12 @@ class Trainer:
     distributed : Distributed or None
         The process group of a distributed fit: only its rank 0 prints. The epochs' records,
         and so the stopping rule, must be the same on every rank (the methods reduce them).
+
+    Attributes
+    ----------
+    checkpoint : Checkpoint or None
+        Set by the estimator before the first stage runs: the stages are then saved to it and,
+        when it holds an interrupted fit, restored from it (:mod:`skdeepcluster.checkpoint`).
     """
 
     def __init__(self, device, dtype=torch.float32, *, history=None, tol=None,
@@ -696,6 +719,8 @@ class Trainer:
             else None
         )
         self.n_epochs = {}
+        self.checkpoint = None
+        self.n_stages = 0  # stages run so far: the index of the next one
 
     def autocast(self):
         return autocast(self.device, self.dtype)
@@ -715,12 +740,19 @@ class Trainer:
         return Stage(self, name, run_epoch, max_epochs, **options)
 
     def run(self, stage):
-        """Train ``stage`` until its cap or its stopping rule; return the epochs run."""
-        tol = self.tol if stage.monitor is not None else None
-        rule = StoppingRule(tol, self.n_iter_no_change, stage.stop_mode)
-        started = time.perf_counter()
+        """Train ``stage`` until its cap or its stopping rule; return the epochs run.
+
+        With a checkpoint, a stage that the checkpoint saved finished is restored to its end
+        and not trained; one that it saved running is restored and trained on from there.
+        """
+        index, self.n_stages = self.n_stages, self.n_stages + 1
+        checkpoint = self.checkpoint
+        restored = None if checkpoint is None else checkpoint.restore(self, stage, index)
+        if restored == "finished":
+            return stage.n_epochs
+        started, first = time.perf_counter(), stage.n_epochs
         report_every = 1 if self.verbose > 1 else max(1, stage.max_epochs // 20)
-        for epoch in range(stage.max_epochs):
+        for epoch in range(first, stage.max_epochs):
             stage.epoch = epoch
             wall, cpu = time.perf_counter(), time.process_time()
             record = stage.run_epoch(stage)
@@ -733,22 +765,26 @@ class Trainer:
             entry["cpu_seconds"] = time.process_time() - cpu
             self.history.append(entry)
             stage.n_epochs = epoch + 1
-            stop = rule.update(record.get(stage.monitor)) if stage.monitor else False
+            stop = stage.rule.update(record.get(stage.monitor)) if stage.monitor else False
             if self.verbose and (
                 (epoch + 1) % report_every == 0 or epoch + 1 == stage.max_epochs or stop
             ):
-                self._report(stage, entry, record, started)
+                self._report(stage, entry, record, started, first)
             if stop:
                 if self.verbose:
                     print(
                         f"[{self.name}] {stage.name}: stopped after epoch {epoch + 1} of "
                         f"{stage.max_epochs}: {stage.monitor} "
                         + ("below" if stage.stop_mode == "below" else "not decreasing by")
-                        + f" {tol} for {self.n_iter_no_change} epochs in a row.",
+                        + f" {stage.rule.tol} for {self.n_iter_no_change} epochs in a row.",
                         flush=True,
                     )
                 break
+            if checkpoint is not None and epoch + 1 < stage.max_epochs:
+                checkpoint.epoch_done(self, stage)
         self.n_epochs[stage.name] = self.n_epochs.get(stage.name, 0) + stage.n_epochs
+        if checkpoint is not None:
+            checkpoint.stage_done(self, stage)
         return stage.n_epochs
 
     def log(self, name, function):
@@ -761,10 +797,10 @@ class Trainer:
                              "cpu_seconds": time.process_time() - cpu})
         return record
 
-    def _report(self, stage, entry, record, started):
+    def _report(self, stage, entry, record, started, first):
         elapsed = time.perf_counter() - started
         done = stage.epoch + 1
-        eta = elapsed / done * (stage.max_epochs - done)
+        eta = elapsed / (done - first) * (stage.max_epochs - done)
         terms = "  ".join(
             f"{key}={value:.4g}"
             for key, value in record.items()

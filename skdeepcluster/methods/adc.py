@@ -207,6 +207,13 @@ class ADCClusterer(BaseDeepClusterer):
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, shuffling, augmentations and k-means; an int makes CPU runs
         reproducible.
+    checkpoint : str, path-like or None, default=None
+        File to which the fit saves its training state during training (after an epoch, at
+        most once a minute, and at the end of each stage); a fit interrupted (Ctrl-C, a killed
+        process) resumes from it when ``fit`` is called again with the same data, parameters
+        and ``random_state``, and ends as the uninterrupted fit would have (on the same machine
+        and number of threads). A file written by another fit is refused before any training.
+        A completed fit removes the file. Not with a distributed fit. See :ref:`checkpoints`.
     verbose : int, default=0
         Progress lines (stage, epoch, loss terms, seconds, ETA) when > 0; every epoch when > 1.
 
@@ -389,6 +396,7 @@ class ADCClusterer(BaseDeepClusterer):
         precision="auto",
         device="auto",
         random_state=None,
+        checkpoint=None,
         verbose=0,
     ):
         self.n_clusters = n_clusters
@@ -425,6 +433,7 @@ class ADCClusterer(BaseDeepClusterer):
         self.precision = precision
         self.device = device
         self.random_state = random_state
+        self.checkpoint = checkpoint
         self.verbose = verbose
 
     def _check_fit_params(self, X):
@@ -492,7 +501,7 @@ class ADCClusterer(BaseDeepClusterer):
             decay_factor=self.lr_decay_factor, first_step=first_step,
         )
         return trainer.stage(name, epoch, max_epochs, optimizer=optimizer, scheduler=scheduler,
-                             monitor=monitor)
+                             monitor=monitor, state={"assignments": data.assignments})
 
     def _stages(self, X, trainer, generator):
         device = trainer.device

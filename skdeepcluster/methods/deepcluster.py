@@ -69,12 +69,29 @@ def uniform_cluster_sampler(labels, n_draws, generator):
 
 class _Clustering:
     """DeepCluster's state between epochs: the pseudo-labels, the previous clustering, the
-    epoch's classifier."""
+    epoch's classifier and its optimiser."""
 
     def __init__(self):
         self.labels = None
         self.previous = None
         self.classifier = None
+        self.optimizer = None
+        self.restored = None  # a checkpoint's classifier state, until the classifier is rebuilt
+
+    def state_dict(self):  # for a checkpoint
+        trained = self.classifier is not None
+        return {
+            "labels": self.labels,
+            "previous": self.previous,
+            "classifier": self.classifier.state_dict() if trained else None,
+            "optimizer": self.optimizer.state_dict() if trained else None,
+        }
+
+    def load_state_dict(self, state):
+        self.labels, self.previous = state["labels"], state["previous"]
+        self.classifier = self.optimizer = None
+        if state["classifier"] is not None:
+            self.restored = (state["classifier"], state["optimizer"])
 
     def update(self, labels):
         """(NMI with the previous clustering, fraction of samples that changed cluster after
@@ -233,6 +250,13 @@ class DeepClusterer(BaseDeepClusterer):
     random_state : int, RandomState instance or None, default=None
         Seeds torch, numpy and faiss (each k-means draws its seed from it); an int makes CPU
         runs reproducible.
+    checkpoint : str, path-like or None, default=None
+        File to which the fit saves its training state during training (after an epoch, at
+        most once a minute, and at the end of each stage); a fit interrupted (Ctrl-C, a killed
+        process) resumes from it when ``fit`` is called again with the same data, parameters
+        and ``random_state``, and ends as the uninterrupted fit would have (on the same machine
+        and number of threads). A file written by another fit is refused before any training.
+        A completed fit removes the file. Not with a distributed fit. See :ref:`checkpoints`.
     verbose : int, default=0
         Progress lines (epoch, loss, k-means objective, NMI, seconds, ETA) when > 0; every
         epoch when > 1.
@@ -455,6 +479,7 @@ class DeepClusterer(BaseDeepClusterer):
         precision="auto",
         device="auto",
         random_state=None,
+        checkpoint=None,
         verbose=0,
     ):
         self.n_clusters = n_clusters
@@ -484,6 +509,7 @@ class DeepClusterer(BaseDeepClusterer):
         self.precision = precision
         self.device = device
         self.random_state = random_state
+        self.checkpoint = checkpoint
         self.verbose = verbose
 
     def _augment(self, batch, generator):
@@ -607,6 +633,7 @@ class DeepClusterer(BaseDeepClusterer):
             self.max_epochs,
             optimizer=network_optimizer,
             monitor="changed",
+            state={"clustering": clustering},
             stop_mode="plateau",  # a fresh k-means relabels a share of the samples every epoch
         )
         # the output: the trained network's features clustered once more (``n_init`` runs)
@@ -653,19 +680,15 @@ class DeepClusterer(BaseDeepClusterer):
             record, *_ = self._reassign(
                 X, generator, clustering, self.n_pseudo_labels or self.n_clusters
             )
-            # A fresh classifier for the new pseudo-labels, N(0, 0.01) weights, zero bias.
-            classifier = nn.Linear(
-                self.module_["backbone"].out_features, int(clustering.labels.max()) + 1
-            )
-            nn.init.normal_(classifier.weight, 0.0, 0.01)
-            nn.init.zeros_(classifier.bias)
-            clustering.classifier = classifier.to(stage.device)
-            classifier_optimizer = make_optimizer(
-                "sgd", parameter_groups(classifier, self.weight_decay, decay="all"),
-                lr=self.lr, device=stage.device,
-            )
-            stage.optimizers = [stage.optimizers[0], classifier_optimizer]
+            self._new_classifier(clustering, stage)
         else:
+            if clustering.classifier is None:  # resumed from a checkpoint between reassignments
+                with torch.random.fork_rng(devices=[]):  # its weights are overwritten: no draw
+                    self._new_classifier(clustering, stage)
+                weights, optimizer_state = clustering.restored
+                clustering.classifier.load_state_dict(weights)
+                clustering.optimizer.load_state_dict(optimizer_state)
+                clustering.restored = None
             record = {
                 "objective": float("nan"),
                 "nmi_previous": float("nan"),
@@ -690,6 +713,21 @@ class DeepClusterer(BaseDeepClusterer):
         self.module_["clustering"] = _NearestCentroid(matrix, centroids, variance).to(device)
         self.pseudo_labels_ = clustering.previous
         return record
+
+    def _new_classifier(self, clustering, stage):
+        """A fresh classifier for the pseudo-labels, N(0, 0.01) weights, zero bias, and its SGD,
+        stepped with the network's."""
+        classifier = nn.Linear(
+            self.module_["backbone"].out_features, int(clustering.labels.max()) + 1
+        )
+        nn.init.normal_(classifier.weight, 0.0, 0.01)
+        nn.init.zeros_(classifier.bias)
+        clustering.classifier = classifier.to(stage.device)
+        clustering.optimizer = make_optimizer(
+            "sgd", parameter_groups(classifier, self.weight_decay, decay="all"),
+            lr=self.lr, device=stage.device,
+        )
+        stage.optimizers = [stage.optimizers[0], clustering.optimizer]
 
     def _train_epoch(self, X, clustering, stage, generator):
         """One pass of ``n_draws`` samples; returns the mean cross-entropy."""

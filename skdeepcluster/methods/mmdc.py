@@ -277,6 +277,13 @@ class MMDCClusterer(BaseDeepClusterer):
         ``"float16"``: CUDA only, with a gradient scaler. The value used is ``precision_``.
     device : str or torch.device, default="auto"
     random_state : int, RandomState instance or None, default=None
+    checkpoint : str, path-like or None, default=None
+        File to which the fit saves its training state during training (after an epoch, at
+        most once a minute, and at the end of each stage); a fit interrupted (Ctrl-C, a killed
+        process) resumes from it when ``fit`` is called again with the same data, parameters
+        and ``random_state``, and ends as the uninterrupted fit would have (on the same machine
+        and number of threads). A file written by another fit is refused before any training.
+        A completed fit removes the file. Not with a distributed fit. See :ref:`checkpoints`.
     verbose : int, default=0
 
     Attributes
@@ -436,6 +443,7 @@ class MMDCClusterer(BaseDeepClusterer):
         precision="auto",
         device="auto",
         random_state=None,
+        checkpoint=None,
         verbose=0,
     ):
         self.n_clusters = n_clusters
@@ -461,6 +469,7 @@ class MMDCClusterer(BaseDeepClusterer):
         self.precision = precision
         self.device = device
         self.random_state = random_state
+        self.checkpoint = checkpoint
         self.verbose = verbose
 
     def _check_fit_params(self, X):
@@ -531,7 +540,8 @@ class MMDCClusterer(BaseDeepClusterer):
             optimizer, milestones=milestones, gamma=self.lr_decay_gamma
         )
         options = dict(optimizer=optimizer, scheduler=scheduler, scheduler_interval="epoch",
-                       monitor="reassigned")
+                       monitor="reassigned",
+                       state={"points": targets.points, "components": targets.components})
         n_main = self.max_epochs if self.refine_epoch is None else self.refine_epoch
         if n_main:
             cluster = trainer.stage(

@@ -79,6 +79,12 @@ class _HeadSelection:
     def keep(self, **chosen):
         self.__dict__.update(chosen)
 
+    def state_dict(self):  # for a checkpoint
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
     def update(self, assignments):
         """Fraction of (sample, head) assignments that changed since the last call (1 at first)."""
         changed = 1.0 if self.previous is None else float((assignments != self.previous).mean())
@@ -108,6 +114,12 @@ class _NeighbourCheck:
             changed = float(1.0 - kept.mean())
         self.previous = neighbors
         return changed
+
+    def state_dict(self):  # for a checkpoint
+        return {"previous": self.previous}
+
+    def load_state_dict(self, state):
+        self.previous = state["previous"]
 
 
 #: Optimiser steps of the authors' CIFAR-10 runs (50 000 images): the SCAN step's 50 epochs of
@@ -301,6 +313,13 @@ class SCANClusterer(BaseDeepClusterer):
         ``"auto"``: CUDA when available, else CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds torch, numpy and faiss; an int makes CPU runs reproducible.
+    checkpoint : str, path-like or None, default=None
+        File to which the fit saves its training state during training (after an epoch, at
+        most once a minute, and at the end of each stage); a fit interrupted (Ctrl-C, a killed
+        process) resumes from it when ``fit`` is called again with the same data, parameters
+        and ``random_state``, and ends as the uninterrupted fit would have (on the same machine
+        and number of threads). A file written by another fit is refused before any training.
+        A completed fit removes the file. Not with a distributed fit. See :ref:`checkpoints`.
     verbose : int, default=0
         Progress lines (epoch, loss, seconds, ETA) when > 0; every epoch when > 1.
 
@@ -569,6 +588,7 @@ class SCANClusterer(BaseDeepClusterer):
         precision="auto",
         device="auto",
         random_state=None,
+        checkpoint=None,
         verbose=0,
     ):
         self.n_clusters = n_clusters
@@ -610,6 +630,7 @@ class SCANClusterer(BaseDeepClusterer):
         self.precision = precision
         self.device = device
         self.random_state = random_state
+        self.checkpoint = checkpoint
         self.verbose = verbose
 
     # ------------------------------------------------------------------ checks
@@ -757,6 +778,7 @@ class SCANClusterer(BaseDeepClusterer):
         return trainer.stage(
             "pretext", epoch, self.pretext_epochs, optimizer=optimizer, scheduler=scheduler,
             scheduler_interval="epoch", monitor="neighbors_changed",
+            state={"network": network, "check": check},
         )
 
     def _pretext_epoch(self, X, network, generator, check, stage):
@@ -850,7 +872,7 @@ class SCANClusterer(BaseDeepClusterer):
         )
         epoch = functools.partial(self._scan_epoch, X, generator, selection)
         return trainer.stage("scan", epoch, self.max_epochs, optimizer=optimizer,
-                             monitor="changed")
+                             monitor="changed", state={"selection": selection})
 
     def _scan_epoch(self, X, generator, selection, stage):
         """One epoch of the SCAN loss (Eq. 2) on anchor/neighbour pairs, both strongly
@@ -944,7 +966,8 @@ class SCANClusterer(BaseDeepClusterer):
                                         device=trainer.device)
         epoch = functools.partial(self._self_labeling_epoch, X, generator, assignments)
         return trainer.stage("selflabel", epoch, self.self_labeling_epochs,
-                             optimizer=optimizer, ema=ema, monitor="changed")
+                             optimizer=optimizer, ema=ema, monitor="changed",
+                             state={"assignments": assignments})
 
     def _self_labeling_epoch(self, X, generator, assignments, stage):
         """Confident weak-view predictions (> ``confidence_threshold``) are the targets of a

@@ -65,6 +65,13 @@ class _PairData:
     wrapped: list | None = None
     wrapped_frozen: bool | None = None
 
+    def state_dict(self):  # what the epochs change, for a checkpoint
+        return {"prior": self.prior, "assignments": self.assignments.state_dict()}
+
+    def load_state_dict(self, state):
+        self.prior = state["prior"].to(self.prior.device)
+        self.assignments.load_state_dict(state["assignments"])
+
 
 class TEMIClusterer(BaseDeepClusterer):
     """Clustering heads trained by self-distillation on nearest-neighbour pairs (TEMI).
@@ -152,6 +159,13 @@ class TEMIClusterer(BaseDeepClusterer):
         ``"auto"``: CUDA when available, else CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds torch, numpy and faiss; an int makes CPU runs reproducible.
+    checkpoint : str, path-like or None, default=None
+        File to which the fit saves its training state during training (after an epoch, at
+        most once a minute, and at the end of each stage); a fit interrupted (Ctrl-C, a killed
+        process) resumes from it when ``fit`` is called again with the same data, parameters
+        and ``random_state``, and ends as the uninterrupted fit would have (on the same machine
+        and number of threads). A file written by another fit is refused before any training.
+        A completed fit removes the file. Not with a distributed fit. See :ref:`checkpoints`.
     verbose : int, default=0
         Progress lines (epoch, loss, seconds, ETA) when > 0; every epoch when > 1.
 
@@ -304,6 +318,7 @@ class TEMIClusterer(BaseDeepClusterer):
         precision="auto",
         device="auto",
         random_state=None,
+        checkpoint=None,
         verbose=0,
     ):
         self.n_clusters = n_clusters
@@ -333,6 +348,7 @@ class TEMIClusterer(BaseDeepClusterer):
         self.precision = precision
         self.device = device
         self.random_state = random_state
+        self.checkpoint = checkpoint
         self.verbose = verbose
 
     def _distributed_setting(self):
@@ -445,6 +461,7 @@ class TEMIClusterer(BaseDeepClusterer):
             scheduler=scheduler,
             ema=ema,
             monitor="changed",
+            state={"pairs": pairs},
         )
         yield stage
         self.n_steps_ = stage.n_steps
