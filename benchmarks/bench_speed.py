@@ -11,6 +11,7 @@ Parts (each prints a table and writes ``benchmarks/results/speed_<part>.json``):
     python benchmarks/bench_speed.py defaults --seeds 0 1 2   # every estimator's defaults
     python benchmarks/bench_speed.py precision --seeds 0 1 2  # bfloat16 vs float32
     python benchmarks/bench_speed.py best-of FILES --n 3  # best of n fits by their score
+    python benchmarks/bench_speed.py checkpoint         # cost of a checkpoint write
 
 Comparisons are interleaved (A, B, A, B, ...) and report medians of wall and CPU seconds
 (``time.process_time``) and their ratio, because the machines this runs on are shared and noisy.
@@ -499,6 +500,66 @@ def epochs(args):
           "rows": rows})
 
 
+def checkpoint(args):
+    """What a checkpoint write costs: each estimator's defaults (the epochs cut as in ``epochs``;
+    ``--fashion N``: on N Fashion-MNIST training images instead of the digits) with
+    ``checkpoint`` set and a write after every epoch; the seconds of each write (capturing the
+    state and writing the file), the file's size and the seconds of an epoch. With the default
+    interval (one write a minute at most) a write costs at most its seconds per minute."""
+    import os
+    import tempfile
+
+    from _common import fashion_mnist_subset
+
+    from skdeepcluster import checkpoint as module
+
+    module.CHECKPOINT_INTERVAL = 0.0
+    writes = []
+    capture, write = module.Checkpoint._capture_stage, module.Checkpoint._write
+
+    def timed_capture(self, trainer, stage):
+        started = time.perf_counter()
+        state = capture(self, trainer, stage)
+        writes.append({"stage": stage.name, "capture": time.perf_counter() - started})
+        return state
+
+    def timed_write(self):
+        started = time.perf_counter()
+        write(self)
+        writes[-1].update(write=time.perf_counter() - started,
+                          megabytes=os.path.getsize(self.path) / 2**20)
+
+    module.Checkpoint._capture_stage, module.Checkpoint._write = timed_capture, timed_write
+    rows = []
+    for name in args.estimators:
+        if args.fashion:
+            images, _ = fashion_mnist_subset(args.fashion)
+            X = (images.reshape(len(images), -1) / np.float32(255) if name == "TEMIClusterer"
+                 else images)
+        else:
+            X = digits_for(name)[0]
+        writes.clear()
+        with tempfile.TemporaryDirectory() as directory:
+            model = getattr(skdeepcluster, name)(
+                n_clusters=10, random_state=0, checkpoint=os.path.join(directory, "fit.ckpt"),
+                **EPOCH_PARAMS[name],
+            ).fit(X)
+        for stage in dict.fromkeys(entry["stage"] for entry in writes):
+            mine = [w for w in writes if w["stage"] == stage]
+            epoch = [e["seconds"] for e in model.history_ if e["stage"] == stage]
+            row = {"estimator": name, "stage": stage, "n_samples": len(X),
+                   "writes": len(mine),
+                   "seconds": float(np.median([w["capture"] + w["write"] for w in mine])),
+                   "megabytes": float(max(w["megabytes"] for w in mine)),
+                   "epoch_seconds": float(np.median(epoch))}
+            rows.append(row)
+            print(f"{name:16s} {stage:12s} write {row['seconds']:.3f} s  "
+                  f"{row['megabytes']:6.1f} MB  epoch {row['epoch_seconds']:.2f} s", flush=True)
+    data = f"fashion{args.fashion}" if args.fashion else "digits"
+    save(f"checkpoint_{data}_t{torch.get_num_threads()}{args.tag}",
+         {"threads": torch.get_num_threads(), "rows": rows})
+
+
 def precision(args):
     """The same configuration in float32 and in bfloat16 (accuracy and time)."""
     device = resolve_device(args.device)
@@ -597,6 +658,11 @@ def main():
                        help="parameters to set besides the defaults, e.g. n_init=10 tol=None")
         if part == "precision":
             p.add_argument("--force", action="store_true")
+    p = sub.add_parser("checkpoint")
+    p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
+    p.add_argument("--fashion", type=int, default=0,
+                   help="this many Fashion-MNIST training images instead of the digits")
+    p.add_argument("--tag", default="", help="file name suffix")
     p = sub.add_parser("best-of")
     p.add_argument("files", nargs="+", help="defaults_*.json files of single fits")
     p.add_argument("--estimator", default="SCANClusterer")
@@ -605,7 +671,7 @@ def main():
     args = parser.parse_args()
     {"machine": machine, "heads": heads, "backbones": backbones, "epochs": epochs,
      "defaults": defaults, "precision": precision, "embedder": embedder,
-     "best-of": best_of}[args.part](args)
+     "best-of": best_of, "checkpoint": checkpoint}[args.part](args)
 
 
 if __name__ == "__main__":

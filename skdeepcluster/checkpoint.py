@@ -218,9 +218,11 @@ class Checkpoint:
             vars(stage.scheduler).update(decode_state(state["scheduler"]))
         if stage.ema is not None:
             stage.ema.n_updates = state["ema"]["n_updates"]
-            with torch.no_grad():
-                for average, saved in zip(stage.ema.average, state["ema"]["average"], strict=True):
-                    average.copy_(saved)
+            averages = state["ema"]["average"]
+            if averages is not None:  # None: module_'s own tensors, restored with it below
+                with torch.no_grad():
+                    for average, saved in zip(stage.ema.average, averages, strict=True):
+                        average.copy_(saved)
         vars(stage.rule).update(state["rule"])
         for name, thing in stage.state.items():
             _restore(thing, state["registered"][name])
@@ -257,7 +259,8 @@ class Checkpoint:
             ),
             "ema": None if stage.ema is None else {
                 "n_updates": stage.ema.n_updates,
-                "average": encode_state(stage.ema.average),
+                "average": None if self._in_module(stage.ema.average)
+                else encode_state(stage.ema.average),
             },
             "rule": dict(vars(stage.rule)),
             "registered": {name: _capture(thing) for name, thing in stage.state.items()},
@@ -273,6 +276,15 @@ class Checkpoint:
                          if self.device.type == "cuda" else None),
             },
         }
+
+    def _in_module(self, tensors):
+        """Whether every tensor is one of ``module_``'s (TEMI's teacher heads, the average of
+        its students): saved once, with the module."""
+        module = getattr(self.estimator, "module_", None)
+        if module is None:
+            return False
+        held = {t.data_ptr() for t in module.state_dict().values()}
+        return all(t.data_ptr() in held for t in tensors)
 
     def epoch_done(self, trainer, stage):
         """After an epoch of a running stage: write it if the last write is old enough."""
