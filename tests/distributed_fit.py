@@ -7,7 +7,8 @@ MODE ``fit``: every rank fits and saves its labels and parameters to ``OUT_DIR/r
 with ImageEmbedder's ``transform`` of 7 digit images and ``embed_files`` of the files in
 ``OUT_DIR/images`` (``skip_errors=True``).
 ``stall``: rank 1 stops taking part in its second epoch (it sleeps), as a stuck process would.
-``bad-input``: rank 1 is given other data than rank 0. A rank that raises writes its error to
+``bad-input``: rank 1 is given other data than rank 0. ``checkpoint``: every rank asks for a
+checkpoint (``OUT_DIR/fit.ckpt``). A rank that raises writes its error to
 ``OUT_DIR/rank<r>.error`` and exits with status 1.
 """
 
@@ -72,7 +73,9 @@ def main(mode, out_dir):
 
         TEMIClusterer._temi_epoch = stalling_epoch
     try:
-        model = TEMIClusterer(**PARAMS).fit(X)  # distributed="auto": the process group
+        checkpoint = os.path.join(out_dir, "fit.ckpt") if mode == "checkpoint" else None
+        # distributed="auto": the process group
+        model = TEMIClusterer(**PARAMS, checkpoint=checkpoint).fit(X)
     except Exception as error:
         with open(os.path.join(out_dir, f"rank{rank}.error"), "w") as file:
             file.write(f"{type(error).__name__}: {error}")

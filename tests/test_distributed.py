@@ -109,6 +109,16 @@ def test_ranks_given_different_data_all_fail_before_training(tmp_path):
                                 "data and the parameters")
 
 
+def test_a_checkpoint_is_refused_by_every_rank_before_training(tmp_path):
+    run = torchrun("checkpoint", tmp_path)
+    assert run.returncode != 0
+    for rank in (0, 1):
+        error = read_error(tmp_path, rank)
+        assert error is not None, run.stderr[-3000:]
+        assert "checkpoint is not supported in a distributed fit" in error
+    assert not (tmp_path / "fit.ckpt").exists()
+
+
 def test_distributed_true_without_a_process_group_is_a_value_error(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
