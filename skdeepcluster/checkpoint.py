@@ -11,11 +11,12 @@ behaviour of Keras' ``BackupAndRestore`` callback, for sklearn's ``fit``.
 
 What the file holds, per stage: the state of every finished stage as it ended, and of the
 running stage as of its last saved epoch. The state of a stage is its optimisers, schedule,
-moving average, stopping rule and epoch count; the estimator's network (``module_``) and the
-fitted attributes set so far (``neighbors_``, ...); what the method registered with the stage
-(``trainer.stage(..., state={...})``: networks not yet in ``module_``, tracked assignments,
-its selection of the best epoch, ...); ``history_``; and every random number generator the fit
-draws from (torch's, the fit's ``torch.Generator``, numpy's global one that faiss uses).
+moving average, stopping rule and epoch count (and float16's gradient scale); the estimator's
+network (``module_``) and the fitted attributes set so far (``neighbors_``, ...); what the
+method registered with the stage (``trainer.stage(..., state={...})``: networks not yet in
+``module_``, tracked assignments, its selection of the best epoch, ...); ``history_``; and
+every random number generator the fit draws from (torch's, the fit's ``torch.Generator``,
+numpy's global one that faiss uses).
 
 Resuming replays the method's ``_stages`` generator from the start: the work between two stages
 (building the networks, mining neighbours, a k-means initialisation) runs again; a finished
@@ -230,6 +231,8 @@ class Checkpoint:
             setattr(estimator, name, value)
         if state["module"] is not None:
             _restore(estimator.module_, state["module"])
+        if trainer.grad_scaler is not None and state["grad_scaler"]:  # {} when disabled
+            trainer.grad_scaler.load_state_dict(state["grad_scaler"])
         trainer.history[:] = decode_state(state["history"])
         trainer.n_epochs = dict(state["n_epochs_by_stage"])
         rng = state["rng"]
@@ -266,6 +269,8 @@ class Checkpoint:
             "registered": {name: _capture(thing) for name, thing in stage.state.items()},
             "attributes": encode_state(attributes),
             "module": _capture(estimator.module_) if hasattr(estimator, "module_") else None,
+            "grad_scaler": (None if trainer.grad_scaler is None
+                            else encode_state(trainer.grad_scaler.state_dict())),
             "history": encode_state(trainer.history),
             "n_epochs_by_stage": dict(trainer.n_epochs),
             "rng": {
