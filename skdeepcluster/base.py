@@ -259,8 +259,12 @@ class BaseDeepClusterer(
             kept, kept_warnings, losses = None, [], []
             paths = [None if self.checkpoint is None else f"{os.fspath(self.checkpoint)}.{i}"
                      for i in range(seeds.size)]
+            # without an int random_state the seeds differ at every call: a fit that resumes
+            # from its checkpoint then takes its seed from the file (random_state=None)
+            redrawn = self.checkpoint is not None and not isinstance(self.random_state, Integral)
             for index, seed in enumerate(seeds):
-                single = {self._n_fits_parameter: 1, "random_state": int(seed),
+                single = {self._n_fits_parameter: 1,
+                          "random_state": None if redrawn else int(seed),
                           "checkpoint": paths[index]}
                 run = clone(self).set_params(**single)
                 with warnings.catch_warnings(record=True) as caught:

@@ -149,6 +149,19 @@ def test_n_init_resumes_without_training_the_finished_fits_again(digits3, monkey
     assert glob.glob(str(tmp_path / "*")) == []
 
 
+def test_n_init_without_an_int_random_state_resumes_too(digits3, monkeypatch, tmp_path):
+    cls, params, kind = ESTIMATORS["SCANClusterer"]
+    X = digits3[kind]
+    params = dict(params, random_state=None, n_init=2)
+    path = tmp_path / "fit.ckpt"
+    model = cls(**params, checkpoint=path)
+    _interrupted_fit(model, X, monkeypatch, 6)  # in the second fit (4 epochs each)
+    epochs = _count_epochs(monkeypatch)
+    _quiet_fit(model, X)
+    assert epochs[0] == 2 and model.init_losses_.shape == (2,)
+    assert glob.glob(str(tmp_path / "*")) == []
+
+
 def test_only_finished_stages_saved(digits3, monkeypatch, tmp_path):
     """With no write within a stage, a fit resumes from the end of the last finished stage."""
     monkeypatch.setattr(checkpoint, "CHECKPOINT_INTERVAL", float("inf"))
