@@ -148,7 +148,7 @@ class Checkpoint:
         self.known_attributes = set(vars(estimator))
         self.finished = []  # the state of each finished stage, as it ended
         self.running = None  # the running stage's last saved state
-        self.saved = None  # what the file held when the fit started
+        self.resuming = False  # whether the file held a fit when this one started
         self.last_write = time.perf_counter()
 
     # ------------------------------------------------------------------ reading
@@ -175,7 +175,7 @@ class Checkpoint:
                 "random_state than this one. Remove it, or choose another path, to start a "
                 "new fit."
             )
-        self.saved = saved
+        self.resuming = True
         self.seed = saved["seed"]
         self.finished = list(saved["finished"])
         self.running = saved["running"]
@@ -190,7 +190,7 @@ class Checkpoint:
     def restore(self, trainer, stage, index):
         """Restore stage number ``index`` if the file saved it. Returns "finished" (the stage
         is at its end: skip it), "running" (continue from its saved epoch) or None."""
-        if self.saved is None:
+        if not self.resuming:
             return None
         if index < len(self.finished):
             state, outcome = self.finished[index], "finished"
