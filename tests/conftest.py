@@ -16,6 +16,7 @@ from skdeepcluster import (
     MMDCClusterer,
     SCANClusterer,
     TEMIClusterer,
+    engine,
 )
 
 torch.set_num_threads(1)
@@ -99,3 +100,27 @@ def digits3():
         "images": (data.images[keep] * 255 / 16).round().astype(np.uint8),
         "y": data.target[keep],
     }
+
+
+def count_epochs(patch, interrupt_at=None):
+    """Count the epochs that fits train from now on (their stages and their ``n_init`` fits
+    together); with ``interrupt_at``, epoch number ``interrupt_at`` raises KeyboardInterrupt
+    when it starts, as Ctrl-C would. ``patch``: pytest's ``monkeypatch`` (or a context of it).
+    Returns the count (a one-element list)."""
+    run = engine.Trainer.run
+    count = [0]
+
+    def counting_run(trainer, stage):
+        epoch = stage.run_epoch
+
+        def counted(stage):
+            count[0] += 1
+            if count[0] == interrupt_at:
+                raise KeyboardInterrupt
+            return epoch(stage)
+
+        stage.run_epoch = counted
+        return run(trainer, stage)
+
+    patch.setattr(engine.Trainer, "run", counting_run)
+    return count

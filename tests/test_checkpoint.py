@@ -12,7 +12,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from conftest import ESTIMATORS
+from conftest import ESTIMATORS, count_epochs
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 
@@ -47,33 +47,10 @@ def _quiet_fit(estimator, X):
         return estimator.fit(X)
 
 
-def _count_epochs(patch, interrupt_at=None):
-    """Count the epochs that fits train from now on (their stages and their ``n_init`` fits
-    together); with ``interrupt_at``, epoch number ``interrupt_at`` raises KeyboardInterrupt
-    when it starts, as Ctrl-C would. Returns the count (a one-element list)."""
-    run = engine.Trainer.run
-    count = [0]
-
-    def counting_run(trainer, stage):
-        epoch = stage.run_epoch
-
-        def counted(stage):
-            count[0] += 1
-            if count[0] == interrupt_at:
-                raise KeyboardInterrupt
-            return epoch(stage)
-
-        stage.run_epoch = counted
-        return run(trainer, stage)
-
-    patch.setattr(engine.Trainer, "run", counting_run)
-    return count
-
-
 def _interrupted_fit(estimator, X, monkeypatch, after):
     """Fit, interrupted by Ctrl-C when epoch ``after + 1`` starts."""
     with monkeypatch.context() as patch:
-        _count_epochs(patch, interrupt_at=after + 1)
+        count_epochs(patch, interrupt_at=after + 1)
         with pytest.raises(KeyboardInterrupt):
             _quiet_fit(estimator, X)
 
@@ -141,7 +118,7 @@ def test_n_init_resumes_without_training_the_finished_fits_again(digits3, monkey
     _interrupted_fit(model, X, monkeypatch, per_fit + 1)  # in the second fit
     assert sorted(os.listdir(tmp_path)) == ["fit.ckpt.0", "fit.ckpt.1"]
 
-    epochs = _count_epochs(monkeypatch)
+    epochs = count_epochs(monkeypatch)
     _quiet_fit(model, X)
     assert epochs[0] == per_fit - 1  # only the rest of the second fit trained
     _assert_same_fit(model, reference, X)
@@ -156,7 +133,7 @@ def test_n_init_without_an_int_random_state_resumes_too(digits3, monkeypatch, tm
     path = tmp_path / "fit.ckpt"
     model = cls(**params, checkpoint=path)
     _interrupted_fit(model, X, monkeypatch, 6)  # in the second fit (4 epochs each)
-    epochs = _count_epochs(monkeypatch)
+    epochs = count_epochs(monkeypatch)
     _quiet_fit(model, X)
     assert epochs[0] == 2 and model.init_losses_.shape == (2,)
     assert glob.glob(str(tmp_path / "*")) == []
@@ -213,7 +190,7 @@ def test_without_an_int_random_state_the_interrupted_fits_seed_is_resumed(digits
     path = tmp_path / "fit.ckpt"
     _interrupted_fit(cls(**params, checkpoint=path), X, monkeypatch, 6)
     saved = torch.load(path, weights_only=True)
-    epochs = _count_epochs(monkeypatch)
+    epochs = count_epochs(monkeypatch)
     model = _quiet_fit(cls(**params, checkpoint=path), X)
     assert epochs[0] == 4 and model.n_iter_ == 10
     assert _records(model)[:6] == [

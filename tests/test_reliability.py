@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import FEATURE_ESTIMATORS
+from conftest import FEATURE_ESTIMATORS, count_epochs
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
@@ -51,23 +51,7 @@ def _fitted_attributes(estimator):
 def _interrupt_at_epoch(monkeypatch, n_epoch):
     """Make the ``n_epoch``-th epoch of a fit (over all its stages) raise KeyboardInterrupt,
     as Ctrl-C would."""
-    run = engine.Trainer.run
-    count = [0]
-
-    def run_until_interrupted(trainer, stage):
-        epoch = stage.run_epoch
-
-        def counted(stage):
-            count[0] += 1
-            if count[0] == n_epoch:
-                raise KeyboardInterrupt
-            return epoch(stage)
-
-        stage.run_epoch = counted
-        return run(trainer, stage)
-
-    monkeypatch.setattr(engine.Trainer, "run", run_until_interrupted)
-    return count
+    return count_epochs(monkeypatch, interrupt_at=n_epoch)
 
 
 @by_name

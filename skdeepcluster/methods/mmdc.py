@@ -278,13 +278,8 @@ class MMDCClusterer(BaseDeepClusterer):
     device : str or torch.device, default="auto"
     random_state : int, RandomState instance or None, default=None
     checkpoint : str, path-like or None, default=None
-        File to which the fit saves its training state during training (after an epoch, at
-        most once a minute, and at the end of each stage); a fit interrupted (Ctrl-C, a killed
-        process) resumes from it when ``fit`` is called again with the same data and
-        parameters (an int ``random_state`` the same; with None it takes the interrupted fit's
-        seed), and ends as the uninterrupted fit would have (on the same machine and number of
-        threads). A file written by another fit is refused before any training. A completed fit
-        removes the file. Not with a distributed fit. See :ref:`checkpoints`.
+        File for the training state, written during training; ``fit`` called again with the
+        same data and parameters resumes an interrupted fit from it (:ref:`checkpoints`).
     verbose : int, default=0
 
     Attributes
