@@ -15,11 +15,13 @@ every epoch is in the fit's log when ``--verbose`` is set).
 A fit longer than one sitting: ``--checkpoint-dir DIR`` gives each fit the file
 ``DIR/<tag>_<estimator>_seed<seed>.ckpt`` (the estimators' ``checkpoint`` parameter). Stop the
 run at any time; the same command, with the same ``OMP_NUM_THREADS``, resumes every fit where
-its file left it and ends it as one uninterrupted run would. ``wall`` and ``cpu`` are then this
-process's share; ``epochs_wall`` and ``epochs_cpu`` sum the epochs of every sitting.
+its file left it and ends it as one uninterrupted run would, and skips the fits that the
+tag's JSON file already holds. ``wall`` and ``cpu`` are then this process's share;
+``epochs_wall`` and ``epochs_cpu`` sum the epochs of every sitting.
 """
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -27,6 +29,7 @@ import time
 import numpy as np
 import torch
 from _common import (
+    RESULTS_DIR,
     fashion_mnist,
     fashion_mnist_subset,
     kmeans_run,
@@ -66,14 +69,20 @@ def main():
     result = {"train_n": len(X_train), "test_n": len(X_test), "set": params,
               "threads": torch.get_num_threads(), "machine": platform.processor(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": []}
+    earlier = RESULTS_DIR / f"fashion_{args.tag}.json"
+    if args.checkpoint_dir is not None and earlier.exists():  # a run across sittings
+        result["rows"] = json.loads(earlier.read_text())["rows"]
+    done = {(row["estimator"], row["seed"]) for row in result["rows"]}
     for seed in args.seeds:
-        if not args.no_kmeans:
+        if not args.no_kmeans and ("KMeans (pixels)", seed) not in done:
             pixels = X_train.reshape(len(X_train), -1) / np.float32(255)
             row = kmeans_run(pixels, X_test.reshape(len(X_test), -1) / np.float32(255), y_test,
                              10, seed)
             result["rows"].append({"estimator": "KMeans (pixels)", "seed": seed, **row})
             print(result["rows"][-1], flush=True)
         for name in args.estimators:
+            if (name, seed) in done:
+                continue
             model = getattr(skdeepcluster, name)(n_clusters=10, random_state=seed,
                                                  verbose=args.verbose, **params)
             resumed = False
