@@ -185,7 +185,7 @@ class Checkpoint:
         """Where the saved fit stopped, in words (for the progress lines)."""
         if self.running is not None:
             return f"stage {self.running['name']!r} after epoch {self.running['n_epochs']}"
-        return f"the end of stage {self.finished[-1]['name']!r}" if self.finished else "the start"
+        return f"the end of stage {self.finished[-1]['name']!r}"  # a file holds one at least
 
     def restore(self, trainer, stage, index):
         """Restore stage number ``index`` if the file saved it. Returns "finished" (the stage

@@ -99,22 +99,22 @@ def test_a_stalled_rank_ends_the_fit_with_a_clear_error_instead_of_a_hang(tmp_pa
     assert not (tmp_path / "rank0.npz").exists()
 
 
-def test_ranks_given_different_data_all_fail_before_training(tmp_path):
-    run = torchrun("bad-input", tmp_path)
+def every_rank_error(run, out_dir):
+    """The error each rank of a failed run wrote."""
     assert run.returncode != 0
-    for rank in (0, 1):
-        error = read_error(tmp_path, rank)
-        assert error is not None, run.stderr[-3000:]
+    errors = [read_error(out_dir, rank) for rank in (0, 1)]
+    assert None not in errors, run.stderr[-3000:]
+    return errors
+
+
+def test_ranks_given_different_data_all_fail_before_training(tmp_path):
+    for error in every_rank_error(torchrun("bad-input", tmp_path), tmp_path):
         assert error.startswith("ValueError: The ranks of this distributed fit disagree on the "
                                 "data and the parameters")
 
 
 def test_a_checkpoint_is_refused_by_every_rank_before_training(tmp_path):
-    run = torchrun("checkpoint", tmp_path)
-    assert run.returncode != 0
-    for rank in (0, 1):
-        error = read_error(tmp_path, rank)
-        assert error is not None, run.stderr[-3000:]
+    for error in every_rank_error(torchrun("checkpoint", tmp_path), tmp_path):
         assert "checkpoint is not supported in a distributed fit" in error
     assert not (tmp_path / "fit.ckpt").exists()
 
