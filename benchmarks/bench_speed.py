@@ -5,6 +5,7 @@ Parts (each prints a table and writes ``benchmarks/results/speed_<part>.json``):
     python benchmarks/bench_speed.py machine            # CPU flags, GEMM GFLOP/s per precision
     python benchmarks/bench_speed.py heads --dim 64     # TEMI step: ours vs the authors' loop
     python benchmarks/bench_speed.py backbones          # convnet step: NCHW vs channels-last
+    python benchmarks/bench_speed.py blocks             # small convnets: pool-ReLU vs ReLU-pool
     python benchmarks/bench_speed.py embedder           # EfficientNet-Lite0 forward: layouts
     python benchmarks/bench_speed.py epochs --baseline ../old  # epoch times: ../old vs this
     python benchmarks/bench_speed.py epochs --precisions float32 bfloat16  # epoch times
@@ -41,7 +42,7 @@ from torch.nn import functional as F
 
 import skdeepcluster
 from skdeepcluster.engine import native_bfloat16, resolve_device
-from skdeepcluster.nn.backbones import CifarResNet18, SmallCNN
+from skdeepcluster.nn.backbones import CifarResNet18, SmallCNN, SmallVGG
 from skdeepcluster.nn.losses import pmi, update_cluster_prior
 
 ESTIMATORS = ("TEMIClusterer", "SCANClusterer", "DeepClusterer", "MMDCClusterer", "ADCClusterer")
@@ -320,6 +321,57 @@ def backbones(args):
                   f"{value['cpu'] * 1000:8.1f} ms CPU  x{base['cpu'] / value['cpu']:.2f} "
                   f"(CPU) vs float32/nchw", flush=True)
     save(f"backbones_{device.type}_t{torch.get_num_threads()}{args.tag}",
+         {"device": str(device), "threads": torch.get_num_threads(), "rows": rows})
+
+
+def relu_before_pool(network):
+    """A copy of ``network`` with each block's ReLU moved back before its max pooling (the
+    papers' conv-BN-ReLU-pool order; the package's blocks pool first)."""
+    reference = copy.deepcopy(network)
+    layers = list(reference.layers)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    reference.layers = nn.Sequential(*layers)
+    return reference
+
+
+def blocks(args):
+    """A training step of the small convnets with the package's pool-then-ReLU blocks against
+    the same weights in the conv-BN-ReLU-pool order (identical results), channels-last, in the
+    precision ``"auto"`` picks; SmallVGG's batch is SCAN's pretext batch of 512 pairs."""
+    device = resolve_device(args.device)
+    dtype = torch.bfloat16 if native_bfloat16(device) else torch.float32
+    configs = [("SmallVGG, 28 px grey (Fashion)", lambda: SmallVGG(1, 28), (1, 28, 28), 1024),
+               ("SmallCNN, 28 px grey (Fashion)", lambda: SmallCNN(1, 32, 28), (1, 28, 28), 256),
+               ("SmallVGG, 8 px grey (digits)", lambda: SmallVGG(1, 8), (1, 8, 8), 1024),
+               ("SmallCNN, 8 px grey (digits)", lambda: SmallCNN(1, 32, 8), (1, 8, 8), 256)]
+    rows = []
+    for name, build, shape, batch in configs:
+        torch.manual_seed(0)
+        network = build()
+        x = torch.rand(batch, *shape, device=device)
+        functions = {}
+        for variant, model in (("pool, relu", network), ("relu, pool", relu_before_pool(network))):
+            model = model.to(device, memory_format=torch.channels_last)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+            def step(model=model, optimizer=optimizer, x=x):
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    loss = model(x).float().square().mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+            functions[variant] = step
+        times = interleaved(functions, args.repeats, device)
+        ratio = times["relu, pool"]["cpu"] / times["pool, relu"]["cpu"]
+        rows.append({"network": name, "batch": batch, "precision": str(dtype), **times,
+                     "speedup_cpu": ratio})
+        print(f"{name:32s} batch {batch:5d}  relu-pool {times['relu, pool']['cpu'] * 1000:7.1f} "
+              f"ms CPU  pool-relu {times['pool, relu']['cpu'] * 1000:7.1f} ms CPU  x{ratio:.2f}",
+              flush=True)
+    save(f"blocks_{device.type}_t{torch.get_num_threads()}{args.tag}",
          {"device": str(device), "threads": torch.get_num_threads(), "rows": rows})
 
 
@@ -636,6 +688,9 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--force", action="store_true", help="bfloat16 even where it is emulated")
     p.add_argument("--tag", default="", help="file name suffix, e.g. _guest2")
+    p = sub.add_parser("blocks")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--tag", default="", help="file name suffix")
     p = sub.add_parser("embedder")
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 96])
     p.add_argument("--batch", type=int, default=64, help="ImageEmbedder's default batch")
@@ -669,7 +724,7 @@ def main():
     p.add_argument("--n", type=int, default=3)
     p.add_argument("--tag", default="digits")
     args = parser.parse_args()
-    {"machine": machine, "heads": heads, "backbones": backbones, "epochs": epochs,
+    {"machine": machine, "heads": heads, "backbones": backbones, "blocks": blocks, "epochs": epochs,
      "defaults": defaults, "precision": precision, "embedder": embedder,
      "best-of": best_of, "checkpoint": checkpoint}[args.part](args)
 

@@ -1,5 +1,6 @@
 """Tests of MMDCClusterer (Shiran & Weinshall) and its components."""
 
+import copy
 import itertools
 
 import numpy as np
@@ -197,6 +198,36 @@ def test_small_vgg_is_the_papers_four_block_network(size, n_pools, out_features)
     assert network.out_features == out_features
     assert network(torch.zeros(3, 1, size, size)).shape == (3, out_features)
     assert isinstance(make_backbone("small_vgg", "images", (1, size, size)), SmallVGG)
+
+
+@pytest.mark.parametrize("network_class", [SmallVGG, SmallCNN])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pooling_before_relu_is_exactly_the_conv_bn_relu_pool_block(network_class, dtype):
+    """The blocks pool before their ReLU (a quarter of the ReLU work); outputs, gradients and
+    batch-norm statistics must be those of the papers' conv-BN-ReLU-pool order, bit for bit."""
+    torch.manual_seed(0)
+    network = network_class(1, image_size=28)
+    reference = copy.deepcopy(network)
+    layers = list(reference.layers)
+    for i, layer in enumerate(layers[:-1]):
+        if isinstance(layer, torch.nn.MaxPool2d):
+            assert isinstance(layers[i + 1], torch.nn.ReLU)
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    reference.layers = torch.nn.Sequential(*layers)
+    n_pools = {SmallVGG: 4, SmallCNN: 2}[network_class]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in layers) == n_pools
+    x = torch.randn(16, 1, 28, 28)
+    outputs = []
+    for model in (network, reference):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = model(x)
+        (out.float() ** 2).sum().backward()
+        outputs.append(out)
+    assert torch.equal(*outputs)
+    for a, b in zip(network.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
+    for a, b in zip(network.buffers(), reference.buffers(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_auto_backbone_is_the_papers_mnist_network_on_small_images():

@@ -29,12 +29,19 @@ class MLP(nn.Module):
         return self.layers(x.flatten(1))
 
 
-def _conv_block(in_channels, out_channels):
-    return [
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
+def _conv_block(in_channels, out_channels, pool=False):
+    """3×3 conv-BN-ReLU, with 2×2 max pooling after it when ``pool``.
+
+    The pooling runs before the ReLU: both are monotone, so ``relu(maxpool(x))`` equals
+    ``maxpool(relu(x))`` and routes every gradient to the same element, bit for bit, while the
+    ReLU and its backward pass touch a quarter of the map (8 % less time per training step of
+    :class:`SmallVGG` on 28 px images, ``doc/benchmarks.rst``).
+    """
+    layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+              nn.BatchNorm2d(out_channels)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return layers + [nn.ReLU(inplace=True)]
 
 
 class SmallCNN(nn.Module):
@@ -52,10 +59,10 @@ class SmallCNN(nn.Module):
         super().__init__()
         layers, channels, size = [], in_channels, image_size
         for stage, out_channels in enumerate((width, 2 * width, 4 * width)):
-            layers += _conv_block(channels, out_channels) + _conv_block(out_channels, out_channels)
-            if stage < 2 and size >= 8:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
+            pool = stage < 2 and size >= 8
+            layers += _conv_block(channels, out_channels)
+            layers += _conv_block(out_channels, out_channels, pool=pool)
+            size = size // 2 if pool else size
             channels = out_channels
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.layers = nn.Sequential(*layers)
@@ -83,10 +90,8 @@ class SmallVGG(nn.Module):
         super().__init__()
         layers, channels, size = [], in_channels, image_size
         for out_channels in self.widths:
-            layers += _conv_block(channels, out_channels)
-            if size >= 2:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
+            layers += _conv_block(channels, out_channels, pool=size >= 2)
+            size = size // 2 if size >= 2 else size
             channels = out_channels
         layers.append(nn.Flatten())
         self.layers = nn.Sequential(*layers)
