@@ -18,12 +18,21 @@ run at any time; the same command, with the same ``OMP_NUM_THREADS``, resumes ev
 its file left it and ends it as one uninterrupted run would, and skips the fits that the
 tag's JSON file already holds. ``wall`` and ``cpu`` are then this process's share;
 ``epochs_wall`` and ``epochs_cpu`` sum the epochs of every sitting.
+
+``--peek`` with the same tag and directory scores the fits still in progress, as their files
+hold them (a copy of each file is resumed with no epoch left to train, so the fit ends at the
+saved epoch; later stages are not trained), on the test images; rows go to
+``fashion_<tag>_peek.json``, one per call and fit. It reads the files only: the fits in
+progress are not touched. Scores during a stage that a later stage builds on (SCAN's pretext)
+say little.
 """
 
 import argparse
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -40,8 +49,32 @@ from _common import (
 )
 
 import skdeepcluster
+from skdeepcluster.checkpoint import Checkpoint
 
 IMAGE_ESTIMATORS = ("DeepClusterer", "SCANClusterer", "MMDCClusterer", "ADCClusterer")
+
+
+def fit_as_saved(model, path, X):
+    """Fit ``model`` from a copy of the checkpoint ``path`` without training any further: every
+    stage the file does not hold finished stops at the epoch it saved (0 for one not begun)."""
+    restore = Checkpoint.restore
+
+    def restore_without_training(self, trainer, stage, index):
+        outcome = restore(self, trainer, stage, index)
+        if outcome != "finished":
+            stage.max_epochs = stage.n_epochs
+        return outcome
+
+    with tempfile.TemporaryDirectory() as directory:
+        copy = os.path.join(directory, os.path.basename(path))
+        shutil.copyfile(path, copy)
+        model.set_params(checkpoint=copy, verbose=0)
+        Checkpoint.restore = restore_without_training
+        try:
+            model.fit(X)
+        finally:
+            Checkpoint.restore = restore
+    return model
 
 
 def main():
@@ -58,7 +91,11 @@ def main():
     parser.add_argument("--tag", required=True)
     parser.add_argument("--checkpoint-dir", default=None,
                         help="save each fit's training state here and resume from it")
+    parser.add_argument("--peek", action="store_true",
+                        help="score the fits in progress in --checkpoint-dir as saved")
     args = parser.parse_args()
+    if args.peek and args.checkpoint_dir is None:
+        parser.error("--peek needs --checkpoint-dir")
 
     if args.train_n < 60_000:
         X_train, y_train = fashion_mnist_subset(args.train_n, in_file_order=True)
@@ -69,6 +106,8 @@ def main():
     result = {"train_n": len(X_train), "test_n": len(X_test), "set": params,
               "threads": torch.get_num_threads(), "machine": platform.processor(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": []}
+    if args.peek:
+        return peek(args, X_train, y_train, X_test, y_test, params, result)
     earlier = RESULTS_DIR / f"fashion_{args.tag}.json"
     if args.checkpoint_dir is not None and earlier.exists():  # a run across sittings
         result["rows"] = json.loads(earlier.read_text())["rows"]
@@ -107,6 +146,30 @@ def main():
             print({k: v for k, v in row.items() if k != "history"}, flush=True)
             save(f"fashion_{args.tag}", result)
     save(f"fashion_{args.tag}", result)
+
+
+def peek(args, X_train, y_train, X_test, y_test, params, result):
+    """One row per fit in progress: its saved network's scores and epochs."""
+    path = RESULTS_DIR / f"fashion_{args.tag}_peek.json"
+    if path.exists():
+        result["rows"] = json.loads(path.read_text())["rows"]
+    for seed in args.seeds:
+        for name in args.estimators:
+            checkpoint = os.path.join(args.checkpoint_dir, f"{args.tag}_{name}_seed{seed}.ckpt")
+            if not os.path.exists(checkpoint):
+                continue
+            model = getattr(skdeepcluster, name)(n_clusters=10, random_state=seed, **params)
+            wall = time.perf_counter()
+            fit_as_saved(model, checkpoint, X_train)
+            row = {"estimator": name, "seed": seed, "epochs": stage_epochs(model.history_),
+                   **scores(y_test, model.predict(X_test)),
+                   "train": scores(y_train, model.labels_),
+                   "saved": time.strftime("%Y-%m-%d %H:%M",
+                                          time.gmtime(os.path.getmtime(checkpoint))),
+                   "peek_wall": time.perf_counter() - wall}
+            result["rows"].append(row)
+            print(row, flush=True)
+            save(f"fashion_{args.tag}_peek", result)
 
 
 if __name__ == "__main__":
