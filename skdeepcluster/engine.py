@@ -364,7 +364,7 @@ def _is_bias_or_gain(module, name):
     return name == "bias" or name == "gain" or isinstance(module, _NORM_LAYERS)
 
 
-def parameter_groups(module, weight_decay, *, decay="weights", exclude=()):
+def parameter_groups(module, weight_decay, *, decay="weights", exclude=(), weight_decays=None):
     """Optimiser parameter groups with and without weight decay.
 
     Parameters
@@ -377,18 +377,25 @@ def parameter_groups(module, weight_decay, *, decay="weights", exclude=()):
         ``optimizer(model.parameters(), weight_decay=...)``, as the SCAN and DeepCluster code).
     exclude : tuple of str
         Names of parameters (as in ``named_parameters``) that never decay, e.g. ADC's centroids.
+    weight_decays : dict of str to float, optional
+        Parameters (by name) with a weight decay of their own, in groups of their own, e.g.
+        ADC's logit layer.
 
     Returns
     -------
     list of dict
         Non-empty groups only; parameters that do not require gradients are left out.
     """
-    decayed, exempt = [], []
+    weight_decays = dict(weight_decays or {})
+    decayed, exempt, own = [], [], {name: [] for name in weight_decays}
     for module_name, child in module.named_modules():
         for name, parameter in child.named_parameters(recurse=False):
             if not parameter.requires_grad:
                 continue
             full_name = f"{module_name}.{name}" if module_name else name
+            if full_name in own:
+                own[full_name].append(parameter)
+                continue
             no_decay = full_name in exclude or (
                 decay == "weights" and _is_bias_or_gain(child, name)
             )
@@ -396,6 +403,7 @@ def parameter_groups(module, weight_decay, *, decay="weights", exclude=()):
     groups = [
         {"params": decayed, "weight_decay": weight_decay},
         {"params": exempt, "weight_decay": 0.0},
+        *({"params": own[name], "weight_decay": value} for name, value in weight_decays.items()),
     ]
     return [group for group in groups if group["params"]]
 

@@ -237,6 +237,22 @@ def test_centroids_are_trained_after_kmeans_initialisation():
     np.testing.assert_allclose(exact, np.broadcast_to(exact[:, :1], exact.shape), atol=1e-6)
 
 
+def test_logit_layer_weight_decay_bounds_W_once_the_centroids_are_separated():
+    """``L_classification`` sees only the centroids; once W separates them the loss vanishes
+    and Adam grows W without bound, unless W has its own L2 penalty (the authors' 1e-4)."""
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(300, centers=3, n_features=6, random_state=0)
+    params = dict(max_epochs=30, batch_size=20, lr=1e-2, lr_warmup_epochs=0, tol=None)
+    norms, losses = {}, {}
+    for decay in (0.0, 1e-4):
+        model = _small(logits_weight_decay=decay, **params).fit(X)
+        norms[decay] = float(model.module_.logits.weight.norm())
+        losses[decay] = model.history_[-1]["classification"]
+    assert losses[0.0] < 1e-4  # the centroids are classified: the loss has saturated
+    assert norms[1e-4] < 0.7 * norms[0.0], norms  # measured 3.4 against 6.6
+
+
 def test_n_init_keeps_the_kmeans_run_with_the_lowest_objective(monkeypatch):
     from sklearn.datasets import load_digits
 

@@ -81,6 +81,10 @@ def test_parameter_groups_exempt_biases_and_norm_gains():
     assert [group["weight_decay"] for group in weights] == [0.5, 0.0]
     everything = parameter_groups(module, 0.5, decay="all", exclude=("centroids",))
     assert len(everything[0]["params"]) == 6 and everything[1]["params"] == [module.centroids]
+    own = parameter_groups(module, 0.5, decay="all", exclude=("centroids",),
+                           weight_decays={"2.weight": 1e-4})
+    assert [(len(g["params"]), g["weight_decay"]) for g in own] == [(5, 0.5), (1, 0.0), (1, 1e-4)]
+    assert own[2]["params"] == [module[2].weight]
     module[0].requires_grad_(False)
     assert sum(len(g["params"]) for g in parameter_groups(module, 0.5)) == 5
 
