@@ -300,16 +300,17 @@ class ADCClusterer(BaseDeepClusterer):
     ACC) is where the fits part (see ``n_init``; ``doc/benchmarks.rst``).
 
     The logit layer's penalty (``logits_weight_decay``, the authors' 1e-4; the paper does not
-    say how ``W`` is regularised) was added after a full-length Fashion-MNIST fit without it
-    (60 000 training images, seeds 0 and 1, scored on the 10 000 test images as its
-    checkpoint held it after 37 of the 100 clustering epochs) predicted 3 and 2 clusters, ACC
+    say how ``W`` is regularised) was added after full-length Fashion-MNIST fits without it
+    (60 000 training images, seeds 0 and 1, scored on the 10 000 test images as their
+    checkpoints held them after 37 and 36 of the 100 clustering epochs) predicted 3 and 2
+    clusters, ACC
     0.175 and 0.191, while the nearest centroid of each embedding gave 0.660 (seed 0): once
     ``W`` classifies the centroids (``L_classification`` 1e-5 from the second clustering
-    epoch) Adam keeps growing ``W`` and drifts its bias (a spread of 8.7 between clusters
-    after 37 epochs). On 10 000 training images (seed 0, 20 clustering epochs, test ACC
-    after each) the logits' ACC fell from 0.699 (epoch 7) to 0.556 (epoch 19) without the
-    penalty, the nearest centroid staying at 0.70, and stayed at 0.70-0.71 with it (``W``'s
-    norm 7.5 instead of 17 and growing); ``doc/benchmarks.rst``.
+    epoch) Adam keeps moving ``W`` and its bias. On 10 000 training images (seed 0, 20
+    clustering epochs, test ACC after each) the logits' ACC peaked at 0.700 (epoch 4) and
+    fell to 0.504 (epoch 20) without the penalty, the nearest centroid staying at 0.70, ``W``'s
+    norm 17.2 and rising; with it the logits ended at 0.714, ``W``'s norm at 7.2
+    (``benchmarks/bench_adc_trajectory.py``, ``doc/benchmarks.rst``).
 
     Stopping rule, measured on the digits as 8×8 images (seed 0) with the defaults of the
     time, which had the authors' ``n_centroids_per_cluster=4, aug_weight_decay=0.2``: the
