@@ -174,8 +174,8 @@ class ADCClusterer(BaseDeepClusterer):
         regulariser of 1e-4 on it); the paper does not say how ``W`` is regularised. Needed
         on long runs: ``L_classification`` sees only the ``n_clusters`` centroids, which ``W``
         soon separates perfectly, and from then on Adam, which normalises the vanishing
-        gradients, grows ``W`` and drifts its bias without bound until the logits of the
-        samples fall into a few clusters. 0 leaves ``W`` free (see Notes).
+        gradients, keeps growing and turning ``W`` and moving its bias until the logits of
+        the samples fall into a few clusters. 0 leaves ``W`` free (see Notes).
     lr_warmup_epochs : int, default=3
         Linear learning-rate warm-up from the first step (paper: 2 000 steps ≈ 3.3 MNIST
         epochs). 0: none.
@@ -303,10 +303,9 @@ class ADCClusterer(BaseDeepClusterer):
     say how ``W`` is regularised) was added after full-length Fashion-MNIST fits without it
     (60 000 training images, seeds 0 and 1, scored on the 10 000 test images as their
     checkpoints held them after 37 and 36 of the 100 clustering epochs) predicted 3 and 2
-    clusters, ACC
-    0.175 and 0.191, while the nearest centroid of each embedding gave 0.660 (seed 0): once
-    ``W`` classifies the centroids (``L_classification`` 1e-5 from the second clustering
-    epoch) Adam keeps moving ``W`` and its bias. On 10 000 training images (seed 0, 20
+    clusters, ACC 0.175 and 0.191, while the nearest centroid of each embedding gave 0.660
+    (seed 0): once ``W`` classifies the centroids (``L_classification`` 1e-5 from the second
+    clustering epoch) Adam keeps moving ``W`` and its bias. On 10 000 training images (seed 0, 20
     clustering epochs, test ACC after each) the logits' ACC peaked at 0.700 (epoch 4) and
     fell to 0.504 (epoch 20) without the penalty, the nearest centroid staying at 0.70, ``W``'s
     norm 17.2 and rising; with it the logits ended at 0.714, ``W``'s norm at 7.2
