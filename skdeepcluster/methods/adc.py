@@ -280,8 +280,9 @@ class ADCClusterer(BaseDeepClusterer):
     * Plain and augmented samples pass the network as one batch (shared batch-norm statistics);
       the authors' code embeds them in two calls.
     * The learning-rate warm-up is linear (Goyal et al., whom the paper cites), not the
-      authors' logistic curve; the authors' L1 penalty on embeddings and L2 penalty on ``W``
-      (in neither the paper nor its loss) are left out.
+      authors' logistic curve; the authors' L1 penalty on the embeddings (in neither the paper
+      nor its loss) is left out. Their L2 penalty on ``W`` is kept (``logits_weight_decay``,
+      below): without it long fits collapse.
     * No early stopping on test accuracy, which the authors' code does (label use).
     * Feature-vector input (not in the paper) is augmented by Gaussian noise only.
 
