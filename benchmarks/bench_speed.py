@@ -9,6 +9,7 @@ Parts (each prints a table and writes ``benchmarks/results/speed_<part>.json``):
     python benchmarks/bench_speed.py embedder           # EfficientNet-Lite0 forward: layouts
     python benchmarks/bench_speed.py epochs --baseline ../old  # epoch times: ../old vs this
     python benchmarks/bench_speed.py epochs --precisions float32 bfloat16  # epoch times
+    python benchmarks/bench_speed.py epochs --tunables glibc.malloc.mmap_max=0 --fashion 4096
     python benchmarks/bench_speed.py defaults --seeds 0 1 2   # every estimator's defaults
     python benchmarks/bench_speed.py precision --seeds 0 1 2  # bfloat16 vs float32
     python benchmarks/bench_speed.py best-of FILES --n 3  # best of n fits by their score
@@ -494,62 +495,83 @@ EPOCH_PARAMS = {
 }
 
 EPOCH_CHILD = """
-import json, sys, time
+import hashlib, json, sys, time
 sys.path.insert(0, {bench!r})
 import numpy as np, skdeepcluster
-from _common import digits_features, digits_images
-name, params = {name!r}, {params!r}
+from _common import digits_features, digits_images, fashion_mnist_subset
+name, params, fashion = {name!r}, {params!r}, {fashion!r}
 cls = getattr(skdeepcluster, name)
 if "min_steps" in cls().get_params():  # the version before the stopping rule
     params["min_steps"] = 0
-X = (digits_features() if name == "TEMIClusterer" else digits_images())[0]
+if fashion:
+    X = fashion_mnist_subset(fashion)[0]
+    X = X.reshape(len(X), -1) / np.float32(255) if name == "TEMIClusterer" else X
+else:
+    X = (digits_features() if name == "TEMIClusterer" else digits_images())[0]
 model = cls(n_clusters=10, random_state=0, **params).fit(X)
 stages = {{}}
 for entry in model.history_:
-    stages.setdefault(entry["stage"], []).append(entry["seconds"])
-print(json.dumps({{stage: float(np.median(v)) for stage, v in stages.items()}}))
+    stages.setdefault(entry["stage"], []).append(
+        (entry["seconds"], entry.get("cpu_seconds", np.nan)))
+print(json.dumps({{
+    "labels": hashlib.sha1(np.ascontiguousarray(model.labels_).tobytes()).hexdigest(),
+    "stages": {{stage: [float(np.median([w for w, _ in v])), float(np.median([c for _, c in v]))]
+               for stage, v in stages.items()}},
+}}))
 """
 
 
 def epochs(args):
-    """Median seconds per epoch of each stage, two variants run in turn in fresh processes (the
-    same machine, threads and data): the checkout at ``--baseline`` against this one, or this
-    one in each of ``--precisions``."""
+    """Median seconds per epoch of each stage (wall and CPU), two variants run in turn in fresh
+    processes (the same machine, threads and data): the checkout at ``--baseline`` against this
+    one, this one in each of ``--precisions``, or this one without and with the glibc
+    allocator settings ``--tunables`` (the ``GLIBC_TUNABLES`` environment variable). Whether
+    the two variants' fits gave the same labels is reported too."""
     import os
     import subprocess
 
     here = os.path.dirname(os.path.abspath(__file__))
     current = os.path.dirname(here)
     if args.precisions:
-        variants = {name: (current, {"precision": name}) for name in args.precisions}
+        variants = {name: (current, {"precision": name}, {}) for name in args.precisions}
+    elif args.tunables:
+        variants = {"glibc": (current, {}, {}),
+                    "tunables": (current, {}, {"GLIBC_TUNABLES": args.tunables})}
     else:
-        variants = {"baseline": (os.path.abspath(args.baseline), {}), "current": (current, {})}
+        variants = {"baseline": (os.path.abspath(args.baseline), {}, {}),
+                    "current": (current, {}, {})}
     first, last = list(variants)[0], list(variants)[-1]
     rows = []
     for name in args.estimators:
         samples = {key: [] for key in variants}
         for _ in range(args.repeats):
-            for key, (root, extra) in variants.items():
-                child = EPOCH_CHILD.format(bench=here, name=name,
+            for key, (root, extra, env) in variants.items():
+                child = EPOCH_CHILD.format(bench=here, name=name, fashion=args.fashion,
                                            params={**EPOCH_PARAMS[name], **extra})
-                environment = {**os.environ, "PYTHONPATH": root}
+                environment = {**os.environ, "PYTHONPATH": root, **env}
                 out = subprocess.run([sys.executable, "-c", child], env=environment,
                                      capture_output=True, text=True, check=True, cwd=root)
                 samples[key].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        for stage in samples[last][0]:
-            medians = {key: float(np.median([s[stage] for s in values if stage in s]
-                                            or [np.nan]))
+        same_labels = len({s["labels"] for values in samples.values() for s in values}) == 1
+        for stage in samples[last][0]["stages"]:
+            medians = {key: [float(np.median([s["stages"][stage][i] for s in values
+                                              if stage in s["stages"]] or [np.nan]))
+                             for i in (0, 1)]
                        for key, values in samples.items()}
-            old, new = medians[first], medians[last]
-            rows.append({"estimator": name, "stage": stage, **{f"{k}_s": v for k, v in
-                                                                medians.items()},
-                         "speedup": old / new})
-            print(f"{name:16s} {stage:18s} {first} {old:7.2f} s  {last} {new:7.2f} s  "
-                  f"x{old / new:.2f}", flush=True)
-    what = "_precision" if args.precisions else ""
-    save(f"epochs{what}_t{torch.get_num_threads()}{args.tag}",
-         {"variants": {k: v[1] for k, v in variants.items()}, "baseline": args.baseline,
-          "rows": rows})
+            (old, old_cpu), (new, new_cpu) = medians[first], medians[last]
+            rows.append({"estimator": name, "stage": stage,
+                         **{f"{k}_s": v[0] for k, v in medians.items()},
+                         **{f"{k}_cpu_s": v[1] for k, v in medians.items()},
+                         "speedup": old / new, "cpu_speedup": old_cpu / new_cpu,
+                         "same_labels": same_labels})
+            print(f"{name:16s} {stage:18s} {first} {old:7.2f} s ({old_cpu:6.2f} CPU)  "
+                  f"{last} {new:7.2f} s ({new_cpu:6.2f} CPU)  x{old / new:.2f} "
+                  f"(CPU x{old_cpu / new_cpu:.2f})  same labels: {same_labels}", flush=True)
+    what = "_precision" if args.precisions else "_tunables" if args.tunables else ""
+    data = f"_fashion{args.fashion}" if args.fashion else ""
+    save(f"epochs{what}{data}_t{torch.get_num_threads()}{args.tag}",
+         {"variants": {k: {"params": v[1], "env": v[2]} for k, v in variants.items()},
+          "baseline": args.baseline, "fashion": args.fashion, "rows": rows})
 
 
 def checkpoint(args):
@@ -701,6 +723,10 @@ def main():
     what.add_argument("--baseline", help="a checkout of the version to compare")
     what.add_argument("--precisions", nargs=2, metavar=("A", "B"),
                       help="this version in two precisions, e.g. float32 bfloat16")
+    what.add_argument("--tunables", help="this version without and with GLIBC_TUNABLES set to "
+                      "this, e.g. glibc.malloc.mmap_max=0")
+    p.add_argument("--fashion", type=int, default=0,
+                   help="this many Fashion-MNIST training images instead of the digits")
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--tag", default="", help="file name suffix, e.g. _guest2")
