@@ -9,7 +9,8 @@ Parts (each prints a table and writes ``benchmarks/results/speed_<part>.json``):
     python benchmarks/bench_speed.py embedder           # EfficientNet-Lite0 forward: layouts
     python benchmarks/bench_speed.py epochs --baseline ../old  # epoch times: ../old vs this
     python benchmarks/bench_speed.py epochs --precisions float32 bfloat16  # epoch times
-    python benchmarks/bench_speed.py epochs --tunables glibc.malloc.mmap_max=0 --fashion 4096
+    python benchmarks/bench_speed.py epochs --fashion 4096 \
+        --envs SKDEEPCLUSTER_KEEP_FREED_MEMORY=0 SKDEEPCLUSTER_KEEP_FREED_MEMORY=1
     python benchmarks/bench_speed.py defaults --seeds 0 1 2   # every estimator's defaults
     python benchmarks/bench_speed.py precision --seeds 0 1 2  # bfloat16 vs float32
     python benchmarks/bench_speed.py best-of FILES --n 3  # best of n fits by their score
@@ -492,6 +493,7 @@ EPOCH_PARAMS = {
     "DeepClusterer": dict(max_epochs=2),
     "MMDCClusterer": dict(max_epochs=2),
     "ADCClusterer": dict(warmup_epochs=2, max_epochs=2),
+    "ImageEmbedder": {},
 }
 
 EPOCH_CHILD = """
@@ -500,21 +502,28 @@ sys.path.insert(0, {bench!r})
 import numpy as np, skdeepcluster
 from _common import digits_features, digits_images, fashion_mnist_subset
 name, params, fashion = {name!r}, {params!r}, {fashion!r}
-cls = getattr(skdeepcluster, name)
-if "min_steps" in cls().get_params():  # the version before the stopping rule
-    params["min_steps"] = 0
 if fashion:
     X = fashion_mnist_subset(fashion)[0]
     X = X.reshape(len(X), -1) / np.float32(255) if name == "TEMIClusterer" else X
 else:
     X = (digits_features() if name == "TEMIClusterer" else digits_images())[0]
-model = cls(n_clusters=10, random_state=0, **params).fit(X)
-stages = {{}}
-for entry in model.history_:
-    stages.setdefault(entry["stage"], []).append(
-        (entry["seconds"], entry.get("cpu_seconds", np.nan)))
+if name == "ImageEmbedder":  # inference: 256 images through EfficientNet-Lite0 at 224 px
+    embedder = skdeepcluster.ImageEmbedder("efficientnet-lite0", **params).fit()
+    wall, cpu = time.perf_counter(), time.process_time()
+    output = embedder.transform(X[:256])
+    stages = {{"embed": [(time.perf_counter() - wall, time.process_time() - cpu)]}}
+else:
+    cls = getattr(skdeepcluster, name)
+    if "min_steps" in cls().get_params():  # the version before the stopping rule
+        params["min_steps"] = 0
+    model = cls(n_clusters=10, random_state=0, **params).fit(X)
+    output = model.labels_
+    stages = {{}}
+    for entry in model.history_:
+        stages.setdefault(entry["stage"], []).append(
+            (entry["seconds"], entry.get("cpu_seconds", np.nan)))
 print(json.dumps({{
-    "labels": hashlib.sha1(np.ascontiguousarray(model.labels_).tobytes()).hexdigest(),
+    "labels": hashlib.sha1(np.ascontiguousarray(output).tobytes()).hexdigest(),
     "stages": {{stage: [float(np.median([w for w, _ in v])), float(np.median([c for _, c in v]))]
                for stage, v in stages.items()}},
 }}))
@@ -524,9 +533,9 @@ print(json.dumps({{
 def epochs(args):
     """Median seconds per epoch of each stage (wall and CPU), two variants run in turn in fresh
     processes (the same machine, threads and data): the checkout at ``--baseline`` against this
-    one, this one in each of ``--precisions``, or this one without and with the glibc
-    allocator settings ``--tunables`` (the ``GLIBC_TUNABLES`` environment variable). Whether
-    the two variants' fits gave the same labels is reported too."""
+    one, this one in each of ``--precisions``, or this one under each of two environment
+    variables (``--envs``, e.g. the library's memory setting off and on). Whether the two
+    variants' fits gave the same labels (embeddings for ``ImageEmbedder``) is reported too."""
     import os
     import subprocess
 
@@ -534,9 +543,8 @@ def epochs(args):
     current = os.path.dirname(here)
     if args.precisions:
         variants = {name: (current, {"precision": name}, {}) for name in args.precisions}
-    elif args.tunables:
-        variants = {"glibc": (current, {}, {}),
-                    "tunables": (current, {}, {"GLIBC_TUNABLES": args.tunables})}
+    elif args.envs:
+        variants = {name: (current, {}, dict([name.split("=", 1)])) for name in args.envs}
     else:
         variants = {"baseline": (os.path.abspath(args.baseline), {}, {}),
                     "current": (current, {}, {})}
@@ -567,7 +575,7 @@ def epochs(args):
             print(f"{name:16s} {stage:18s} {first} {old:7.2f} s ({old_cpu:6.2f} CPU)  "
                   f"{last} {new:7.2f} s ({new_cpu:6.2f} CPU)  x{old / new:.2f} "
                   f"(CPU x{old_cpu / new_cpu:.2f})  same labels: {same_labels}", flush=True)
-    what = "_precision" if args.precisions else "_tunables" if args.tunables else ""
+    what = "_precision" if args.precisions else "_envs" if args.envs else ""
     data = f"_fashion{args.fashion}" if args.fashion else ""
     save(f"epochs{what}{data}_t{torch.get_num_threads()}{args.tag}",
          {"variants": {k: {"params": v[1], "env": v[2]} for k, v in variants.items()},
@@ -723,8 +731,9 @@ def main():
     what.add_argument("--baseline", help="a checkout of the version to compare")
     what.add_argument("--precisions", nargs=2, metavar=("A", "B"),
                       help="this version in two precisions, e.g. float32 bfloat16")
-    what.add_argument("--tunables", help="this version without and with GLIBC_TUNABLES set to "
-                      "this, e.g. glibc.malloc.mmap_max=0")
+    what.add_argument("--envs", nargs=2, metavar=("A", "B"),
+                      help="this version under two environment variables KEY=VALUE, e.g. "
+                      "SKDEEPCLUSTER_KEEP_FREED_MEMORY=0 SKDEEPCLUSTER_KEEP_FREED_MEMORY=1")
     p.add_argument("--fashion", type=int, default=0,
                    help="this many Fashion-MNIST training images instead of the digits")
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))

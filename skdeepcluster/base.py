@@ -37,6 +37,7 @@ from sklearn.utils import TransformerTags, assert_all_finite, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._memory import keep_freed_memory
 from .checkpoint import Checkpoint
 from .data import batch_to_tensor, check_images, is_image_array, iterate_batches
 from .engine import (
@@ -194,7 +195,7 @@ class BaseDeepClusterer(
                 seed = checkpoint.seed  # the interrupted fit's, with random_state=None
             device = trainer.device
             fork_devices = [device.index or 0] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=fork_devices):
+            with torch.random.fork_rng(devices=fork_devices), keep_freed_memory():
                 torch.manual_seed(seed)
                 np_state = np.random.get_state()
                 np.random.seed(seed)  # faiss' Python helpers draw from numpy's global state
@@ -416,7 +417,7 @@ class BaseDeepClusterer(
         module.to(device).eval()
         batch_size = batch_size or self._inference_batch_size()
         outputs = []
-        with torch.no_grad(), autocast(device, dtype):
+        with torch.no_grad(), autocast(device, dtype), keep_freed_memory():
             for indices in iterate_batches(rows.shape[0], batch_size):
                 output = function(batch_to_tensor(rows, indices, device))
                 if output.is_floating_point():

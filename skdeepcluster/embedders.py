@@ -21,6 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ._memory import keep_freed_memory
 from .base import resolve_device
 from .data import check_images
 from .datasets import UNREADABLE_IMAGE_ERRORS, open_image_rgb
@@ -571,7 +572,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         started = time.perf_counter()
         n_batches = -(-n_items // self.batch_size)
         report_every = max(1, n_batches // 10)
-        with torch.inference_mode():
+        with torch.inference_mode(), keep_freed_memory():
             for batch_index, (done, batch) in enumerate(batches):
                 if batch is not None:
                     outputs.append(self._forward(batch.to(device), device, dtype).numpy())
