@@ -379,7 +379,7 @@ def parameter_groups(module, weight_decay, *, decay="weights", exclude=(), weigh
         Names of parameters (as in ``named_parameters``) that never decay, e.g. ADC's centroids.
     weight_decays : dict of str to float, optional
         Parameters (by name) with a weight decay of their own, in groups of their own, e.g.
-        ADC's logit layer.
+        ADC's logit layer. A name that is not a parameter of ``module`` is a ``ValueError``.
 
     Returns
     -------
@@ -387,6 +387,9 @@ def parameter_groups(module, weight_decay, *, decay="weights", exclude=(), weigh
         Non-empty groups only; parameters that do not require gradients are left out.
     """
     weight_decays = dict(weight_decays or {})
+    unknown = sorted(set(weight_decays) - {name for name, _ in module.named_parameters()})
+    if unknown:  # a misspelt name would otherwise leave the parameter in the common groups
+        raise ValueError(f"weight_decays names no parameter of the module: {unknown}.")
     decayed, exempt, own = [], [], {name: [] for name in weight_decays}
     for module_name, child in module.named_modules():
         for name, parameter in child.named_parameters(recurse=False):

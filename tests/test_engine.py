@@ -85,6 +85,8 @@ def test_parameter_groups_exempt_biases_and_norm_gains():
                            weight_decays={"2.weight": 1e-4})
     assert [(len(g["params"]), g["weight_decay"]) for g in own] == [(5, 0.5), (1, 0.0), (1, 1e-4)]
     assert own[2]["params"] == [module[2].weight]
+    with pytest.raises(ValueError, match="no parameter of the module"):
+        parameter_groups(module, 0.5, weight_decays={"2.weights": 1e-4})
     module[0].requires_grad_(False)
     assert sum(len(g["params"]) for g in parameter_groups(module, 0.5)) == 5
 
