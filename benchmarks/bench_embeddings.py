@@ -11,6 +11,7 @@ subset of them), score on the 10 000 test images (labels used for scoring only).
     python benchmarks/bench_embeddings.py embed --size 224 --train-n 10000
     python benchmarks/bench_embeddings.py neighbors --size 224 --train-n 10000
     python benchmarks/bench_embeddings.py cluster --size 224 --train-n 10000 --seeds 0 1 2
+    python benchmarks/bench_embeddings.py cluster ... --checkpoint-dir DIR   # resumable fits
 
 ``resolution`` measures what a smaller network input costs in accuracy (KMeans on the
 embeddings of ``n`` test images per side); ``embed`` writes the embeddings to ``--cache``
@@ -126,13 +127,23 @@ def neighbors(args):
 
 
 def estimators(args, seed):
-    """The clusterers compared, built for one seed."""
+    """The clusterers compared, built for one seed; with ``--checkpoint-dir`` TEMI and SCAN
+    write their training state there and the same command resumes them (:ref:`checkpoints`)."""
+
+    def checkpoint(short):
+        if args.checkpoint_dir is None:
+            return None
+        return os.path.join(args.checkpoint_dir,
+                            f"embeddings_{tag(args)}{args.tag}_{short}_seed{seed}.ckpt")
+
     return {
         "KMeans (n_init=10)": lambda: KMeans(10, n_init=10, random_state=seed),
         f"TEMI, {args.temi_heads} heads": lambda: TEMIClusterer(
             n_clusters=10, n_heads=args.temi_heads, max_epochs=args.temi_epochs,
-            verbose=args.verbose, random_state=seed),
-        "SCAN step + self-labelling": lambda: SCANClusterer(n_clusters=10, random_state=seed),
+            verbose=args.verbose, random_state=seed,
+            checkpoint=checkpoint(f"temi{args.temi_heads}")),
+        "SCAN step + self-labelling": lambda: SCANClusterer(
+            n_clusters=10, random_state=seed, checkpoint=checkpoint("scan")),
     }
 
 
@@ -147,12 +158,16 @@ def cluster(args):
             if not any(name.lower().startswith(m) for m in args.methods):
                 continue
             model = build()
+            checkpoint = getattr(model, "checkpoint", None)
+            # a resumed fit's wall and cpu are this process's share of it
+            resumed = checkpoint is not None and os.path.exists(checkpoint)
             wall, cpu = time.perf_counter(), time.process_time()
             model.fit(X_train)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             row = {"seed": seed, **scores(y_test, model.predict(X_test)),
                    "train_acc": scores(y_train, model.predict(X_train))["acc"],
-                   "wall": wall, "cpu": cpu, "n_iter": int(getattr(model, "n_iter_", 0))}
+                   "wall": wall, "cpu": cpu, "n_iter": int(getattr(model, "n_iter_", 0)),
+                   "resumed": resumed, "precision": getattr(model, "precision_", None)}
             results.setdefault(name, []).append(row)
             print(f"[seed {seed}] {name}: test ACC {row['acc']:.3f} NMI {row['nmi']:.3f} ARI "
                   f"{row['ari']:.3f} (train ACC {row['train_acc']:.3f}), {wall:.0f} s wall / "
@@ -193,6 +208,8 @@ def main():
     p.add_argument("--temi-heads", type=int, default=4)
     p.add_argument("--temi-epochs", type=int, default=200, help="cap (paper: 200)")
     p.add_argument("--verbose", type=int, default=0, help="TEMI progress lines")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="TEMI's and SCAN's checkpoints: a fit stopped midway resumes there")
     args = parser.parse_args()
     parts = {"resolution": resolution, "embed": embed_part, "neighbors": neighbors,
              "cluster": cluster}
