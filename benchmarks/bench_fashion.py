@@ -154,6 +154,8 @@ def main():
                    "score": float(model.score(X_train))}  # the method's label-free criterion
             if getattr(model, "init_losses_", None) is not None:  # SCAN's n_init fits
                 row["init_losses"] = model.init_losses_.tolist()
+            if getattr(model, "kmeans_labels_", None) is not None:  # ADC's k-means init
+                row["kmeans_init_train_acc"] = scores(y_train, model.kmeans_labels_)["acc"]
             result["rows"].append(row)
             print({k: v for k, v in row.items() if k != "history"}, flush=True)
             save(f"fashion_{args.tag}", result)
