@@ -203,8 +203,9 @@ class ADCClusterer(BaseDeepClusterer):
         0.934 ± 0.021 against 0.858 ± 0.059 on two threads in float32 (seeds 0-2). On
         Fashion-MNIST it lowered the test ACC instead (10 000 training images, 8 warm-up and 2
         clustering epochs, seeds 0-1: 0.622 / 0.670 against 0.676 / 0.678; the garments are
-        photographed upright, so their orientation likely carries class information). Use ``rotation=20`` for digits, letters and
-        other symbols whose class survives a tilt; see ``doc/benchmarks.rst``.
+        photographed upright, so their orientation likely carries class information). Use
+        ``rotation=20`` for digits, letters and other symbols whose class survives a tilt; see
+        ``doc/benchmarks.rst``.
     crop_scale : float, default=0.6
         Smallest area fraction of the random crops (resized back to the input size).
     noise_std : float, default=0.05
