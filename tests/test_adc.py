@@ -312,6 +312,27 @@ def test_flips_auto_from_32_pixels(digits, monkeypatch):
     assert _small().fit(digits[0][:40].reshape(40, -1) / 255.0).flip_ is False  # features
 
 
+def test_rotation_auto_by_image_side(digits, monkeypatch):
+    from skdeepcluster.methods import adc as adc_module
+
+    angles = []
+    affine = adc_module.random_affine
+    monkeypatch.setattr(adc_module, "random_affine", lambda x, generator, **kwargs: (
+        angles.append(kwargs["degrees"]) or affine(x, generator, **kwargs)))
+    small = _small(n_augmentations=1).fit(digits[0][:40])  # 8 px: a weak turn moves little
+    assert small.rotation_ == adc_module.SMALL_IMAGE_ROTATION == 20.0
+    assert angles and set(angles) == {20.0}
+    angles.clear()
+    side = adc_module.ROTATION_MIN_SIDE
+    images = np.random.default_rng(0).integers(0, 256, size=(24, side, side), dtype=np.uint8)
+    large = _small(n_augmentations=1, batch_size=12).fit(images)
+    assert large.rotation_ == adc_module.PAPER_ROTATION == 10.0 and set(angles) == {10.0}
+    assert ADCClusterer().rotation == "auto"
+    assert _small(rotation=10).fit(digits[0][:40]).rotation_ == 10  # an explicit value is kept
+    features = digits[0][:40].reshape(40, -1) / 255.0
+    assert _small().fit(features).rotation_ == 10.0  # features are not rotated; the paper's
+
+
 def test_bad_parameters():
     # bad input common to all estimators (NaN, too few samples, ...): test_common.py
     X = np.random.default_rng(0).normal(size=(30, 4))
@@ -322,6 +343,8 @@ def test_bad_parameters():
         _small(n_centroids_per_cluster=0).fit(X)
     with pytest.raises(ValueError, match="backbone"):
         _small(backbone="vgg").fit(X)
+    with pytest.raises(ValueError, match="rotation"):
+        _small(rotation="large").fit(X)
 
 
 # ---------------------------------------------------------------------- quality
