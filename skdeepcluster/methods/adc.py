@@ -334,10 +334,10 @@ class ADCClusterer(BaseDeepClusterer):
     not move it (``warmup_epochs``); stronger augmentation did. With
     the other defaults and ±10° rotations the six seeds gave 0.908 0.773 0.885 0.896 0.910
     0.894 (one thread, bfloat16; the k-means initialisation 0.818 ± 0.031); with ±20° 0.905
-    0.951 0.943 0.942 0.936 0.940 (0.878 ± 0.022), and without rotations the initialisation
+    0.951 0.943 0.942 0.936 0.940 (the initialisation 0.878 ± 0.022), and without rotations it
     fell to 0.716 (same seeds). A smaller crop (``crop_scale=0.4``) helped less (0.900 ± 0.021).
     ``rotation="auto"`` gives images under 16 px these ±20° and keeps the authors' ±10° from
-    16 px, where ±20° cost accuracy (see ``rotation``).
+    16 px, where ±20° cost accuracy on Fashion-MNIST (see ``rotation``).
 
     The logit layer's penalty (``logits_weight_decay``, the authors' 1e-4; the paper does not
     say how ``W`` is regularised) was added after full-length Fashion-MNIST fits without it
