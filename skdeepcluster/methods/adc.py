@@ -501,8 +501,10 @@ class ADCClusterer(BaseDeepClusterer):
         if self.flip == "auto":  # feature input is never flipped
             self.flip_ = self.input_kind_ == "images" and not is_small_image(self.input_shape_)
         self.rotation_ = self.rotation
-        if self.rotation == "auto":  # feature input is never rotated: the paper's value
-            small = self.input_kind_ == "images" and min(self.input_shape_[1:]) < ROTATION_MIN_SIDE
+        if self.rotation == "auto":  # feature input is not rotated; it records the paper's value
+            small = self.input_kind_ == "images" and is_small_image(
+                self.input_shape_, ROTATION_MIN_SIDE
+            )
             self.rotation_ = SMALL_IMAGE_ROTATION if small else PAPER_ROTATION
         if self.input_kind_ == "features" and self.backbone in IMAGE_BACKBONES:
             raise ValueError(

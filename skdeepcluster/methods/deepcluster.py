@@ -19,7 +19,7 @@ from ..data import batch_to_tensor
 from ..engine import make_optimizer, parameter_groups
 from ..kmeans import kmeans, pca_whiten, train_pca_whitening, warn_if_few_points
 from ..nn.augment import apply_user_augmentation, small_image_affine, weak_augment
-from ..nn.backbones import BACKBONE_NAMES, Sobel, make_backbone
+from ..nn.backbones import BACKBONE_NAMES, Sobel, is_small_image, make_backbone
 from ..pic import power_iteration_clustering
 
 __all__ = ["DeepClusterer", "uniform_cluster_sampler"]
@@ -536,7 +536,7 @@ class DeepClusterer(BaseDeepClusterer):
             if self.input_kind_ != "images":
                 self.augmentation_ = "none"
             else:
-                small = min(self.input_shape_[1:]) < CROP_MIN_SIDE
+                small = is_small_image(self.input_shape_, CROP_MIN_SIDE)
                 self.augmentation_ = "affine" if small else "crop"
 
     def _check_fit_params(self, X):

@@ -160,13 +160,14 @@ BACKBONE_NAMES = ("auto", "mlp", *IMAGE_BACKBONES)
 
 #: Images with a side under this many pixels are "small" (digits, letters): they get a small
 #: convnet and the small-image augmentations; from it on, the papers' natural-image settings.
-#: DeepCluster's augmentation has its own, measured threshold (``CROP_MIN_SIDE``, 28 px).
+#: DeepCluster's augmentation and ADC's rotation have their own, measured thresholds
+#: (``CROP_MIN_SIDE``, 28 px; ``ROTATION_MIN_SIDE``, 16 px).
 SMALL_IMAGE_SIDE = 32
 
 
-def is_small_image(input_shape):
-    """Whether images of shape ``(C, H, W)`` are small (a side under ``SMALL_IMAGE_SIDE``)."""
-    return min(input_shape[1:]) < SMALL_IMAGE_SIDE
+def is_small_image(input_shape, min_side=SMALL_IMAGE_SIDE):
+    """Whether images of shape ``(C, H, W)`` are small: a side under ``min_side`` pixels."""
+    return min(input_shape[1:]) < min_side
 
 
 def make_backbone(name, input_kind, input_shape, *, user_module=None, small_images="small_cnn"):
