@@ -15,6 +15,10 @@ for the benchmark only, nothing here feeds back into a fit:
   classes are separable in that space by its neighbourhoods where k-means' round clusters are
   not.
 
+``--trace`` (DeepClusterer) also records the ACC of every reassignment's pseudo-labels, to
+see whether they settle or wander from epoch to epoch, beside the ``changed`` share of each
+epoch's ``history_``.
+
     OMP_NUM_THREADS=1 python benchmarks/bench_stability.py --estimator DeepClusterer \
         --seeds 0 1 2 3 4 5 6 7 8 9 --tag dc
 """
@@ -48,8 +52,24 @@ def partition_faults(y, labels):
     return int(shared.sum()), int(split.sum())
 
 
-def diagnose(estimator, X, y, seed, params):
+def trace_reassignments(model, y):
+    """Wrap a DeepClusterer's clustering so that the ACC of every training reassignment's
+    pseudo-labels is appended to the returned list (the labels are read, never fed back)."""
+    trace, cluster = [], model._cluster
+
+    def traced(features, generator, n_clusters, final=False):
+        result = cluster(features, generator, n_clusters, final)
+        if not final:
+            trace.append(scores(y, result[1])["acc"])
+        return result
+
+    model._cluster = traced  # an instance attribute: the fit calls it, get_params ignores it
+    return trace
+
+
+def diagnose(estimator, X, y, seed, params, trace=False):
     model = getattr(skdeepcluster, estimator)(n_clusters=10, random_state=seed, **params)
+    pseudo_label_acc = trace_reassignments(model, y) if trace else None
     wall, cpu = time.perf_counter(), time.process_time()
     model.fit(X)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -77,6 +97,8 @@ def diagnose(estimator, X, y, seed, params):
                             else scores(y, model.kmeans_labels_)["acc"]),
         "wall": wall,
         "cpu": cpu,
+        **({"pseudo_label_acc": pseudo_label_acc,
+            "changed": [h.get("changed") for h in model.history_[:-1]]} if trace else {}),
     }
 
 
@@ -86,6 +108,8 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tag", required=True)
+    parser.add_argument("--trace", action="store_true",
+                        help="DeepClusterer: the ACC of every reassignment's pseudo-labels")
     args = parser.parse_args()
     # TEMI clusters features (pixels / 16); the other four learn from the 8×8 images
     X, y = digits_features() if args.estimator == "TEMIClusterer" else digits_images()
@@ -93,7 +117,7 @@ def main():
     payload = {"command": "python benchmarks/bench_stability.py " + " ".join(__import__(
         "sys").argv[1:]), "torch_threads": torch.get_num_threads(), "params": params, "runs": []}
     for seed in args.seeds:
-        row = diagnose(args.estimator, X, y, seed, params)
+        row = diagnose(args.estimator, X, y, seed, params, trace=args.trace)
         payload["runs"].append(row)
         print(f"seed {seed}: acc {row['acc']:.3f} purity {row['purity20']:.3f} "
               f"kmeans100 {row['kmeans100']['acc']:.3f} "
@@ -101,6 +125,10 @@ def main():
               f"split {row['classes_split']} used {row['clusters_used']} "
               f"objective own/best {row['own_partition_objective']:.1f}/"
               f"{row['kmeans100_objective']:.1f} cpu {row['cpu']:.0f}", flush=True)
+        if args.trace:
+            late = row["pseudo_label_acc"][5:]
+            print(f"  pseudo-labels after epoch 5: ACC {min(late):.3f}-{max(late):.3f}, "
+                  f"last 10 {np.mean(late[-10:]):.3f}", flush=True)
         save(f"stability_{args.tag}", payload)  # after every seed: a stopped run keeps its rows
     runs = payload["runs"]
     acc = np.array([r["acc"] for r in runs])

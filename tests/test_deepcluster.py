@@ -169,6 +169,19 @@ def test_reassign_every_other_epoch():
     assert reassigned == [True, False, True, False, True]
 
 
+def test_reassignments_keep_the_best_of_n_init_kmeans_runs(digits):
+    """Every reassignment keeps the lowest objective of ``n_init`` faiss runs: the first one
+    clusters the same untrained features whatever ``n_init`` is, and faiss' first run uses the
+    same seed, so more runs can only lower its objective (here they do)."""
+    X = digits[1]
+    objectives = [
+        DeepClusterer(n_clusters=10, max_epochs=1, batch_size=64, n_init=n, random_state=0)
+        .fit(X).history_[0]["objective"]
+        for n in (1, 5)
+    ]
+    assert objectives[1] < objectives[0] - 1e-3, objectives
+
+
 def test_pic_clustering_reports_the_clusters_it_finds():
     X, _ = make_blobs(300, n_features=6, centers=4, cluster_std=0.3, random_state=0)
     model = _small(clustering="pic", n_clusters=4, max_epochs=2).fit(X)
@@ -236,8 +249,12 @@ def test_quality_on_digits_images(digits):
 
     The configuration of the DeepClusterer Notes ("Small data"): a small CNN after the Sobel
     filter, 10 whitened components, batch 32, 25 epochs, and the small-image affine
-    augmentation instead of the paper's crops. Six initialisations of it (seeds 0-5) reached
-    0.914, 0.801, 0.936, 0.850, 0.960, 0.878 (k-means 0.79); this test pins seed 0.
+    augmentation instead of the paper's crops, and the authors' one k-means run per
+    reassignment (``n_init=1``; the final clustering then also runs once). Six initialisations
+    of it (seeds 0-5, the final clustering best of 10) reached 0.914, 0.801, 0.936, 0.850,
+    0.960, 0.878 (k-means 0.79); this test pins seed 0. The defaults' 10 runs per reassignment
+    need more epochs than a test affords (seed 0 / 1 after 25 epochs: 0.965 / 0.772); they are
+    measured in ``doc/benchmarks.rst``.
     """
     _, pixels, y = digits
     images, _ = load_digits_images()  # rounded like the benchmark's and the example's images
@@ -254,6 +271,7 @@ def test_quality_on_digits_images(digits):
         augmentation="affine",
         batch_size=32,
         max_epochs=25,
+        n_init=1,
         random_state=0,
     ).fit(images)
     seconds = time.perf_counter() - start
